@@ -1,0 +1,10 @@
+"""collapselab: self-supervised representation learning with collapse made visible.
+
+The public API is re-exported here; see ``docs/`` for the user guide.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["__version__"]

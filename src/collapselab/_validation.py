@@ -1,0 +1,73 @@
+"""Input checks shared by the public functions: clear errors instead of silent numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = Any  # torch.Tensor | np.ndarray | nested sequences
+
+
+class InputError(ValueError):
+    """Raised when an input has the wrong shape, type or values; the message says how to fix it."""
+
+
+def as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
+    """Convert a tensor, ndarray or nested sequence to a tensor without copying when possible."""
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, np.ndarray):
+        if x.dtype == object:
+            raise InputError(f"{name}: object arrays are not supported; pass a numeric array")
+        return torch.from_numpy(np.ascontiguousarray(x))
+    try:
+        return torch.as_tensor(np.asarray(x))
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{name}: cannot convert {type(x).__name__} to a numeric array ({err})") from err
+
+
+def describe_nonfinite(t: torch.Tensor, name: str, limit: int = 5) -> str:
+    """Say how many entries of ``t`` are NaN/Inf and where the first ones are."""
+    bad = ~torch.isfinite(t)
+    count = int(bad.sum())
+    where = bad.nonzero()[:limit].tolist()
+    n_nan = int(torch.isnan(t).sum())
+    places = ", ".join(str(tuple(w)) for w in where)
+    more = " ..." if count > limit else ""
+    return (
+        f"{name} has {count} non-finite value(s) ({n_nan} NaN, {count - n_nan} Inf) "
+        f"out of {t.numel()}; first at index {places}{more}"
+    )
+
+
+def as_float64_matrix(z: ArrayLike, name: str = "z", min_samples: int = 2) -> torch.Tensor:
+    """Validate an (N, D) embedding matrix and return it as float64 on its own device.
+
+    Raises :class:`InputError` for a wrong rank, too few samples, zero width, a non-numeric
+    dtype, or NaN/Inf entries (the message counts them and gives the first positions).
+    """
+    t = as_tensor(z, name)
+    if t.dtype == torch.bool or t.is_complex():
+        raise InputError(f"{name}: expected real numbers, got dtype {t.dtype}")
+    if t.ndim != 2:
+        hint = " (flatten it with z.reshape(len(z), -1))" if t.ndim > 2 else ""
+        raise InputError(f"{name}: expected a 2-D array of shape (N, D), got shape {tuple(t.shape)}{hint}")
+    n, d = t.shape
+    if n < min_samples:
+        raise InputError(f"{name}: need at least {min_samples} samples (rows), got {n}")
+    if d < 1:
+        raise InputError(f"{name}: embeddings have zero dimensions (shape {tuple(t.shape)})")
+    t = t.to(torch.float64)
+    if not bool(torch.isfinite(t).all()):
+        raise InputError(describe_nonfinite(t, name))
+    return t
+
+
+def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    """Require two arrays of the same shape (e.g. two views of the same samples)."""
+    if a.shape != b.shape:
+        raise InputError(
+            f"{name_b} must have the same shape as {name_a}: got {tuple(b.shape)} vs {tuple(a.shape)}"
+        )

@@ -1,0 +1,1 @@
+"""Subcommands of the ``collapselab`` CLI, one module each (see :mod:`collapselab.cli`)."""
