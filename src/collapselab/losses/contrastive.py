@@ -53,7 +53,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     positive_index = torch.cat([local + n_global, local])
     rows = torch.arange(2 * n, device=z1.device)
     positives = logits[rows, positive_index]
-    masked = logits.index_put((rows, self_index), torch.tensor(float("-inf"), dtype=logits.dtype))
+    is_self = torch.zeros_like(logits, dtype=torch.bool)
+    is_self[rows, self_index] = True
+    masked = logits.masked_fill(is_self, float("-inf"))
     return (torch.logsumexp(masked, dim=1) - positives).mean()
 
 
