@@ -462,6 +462,30 @@ def test_latent_prediction_matches_naive_loop_over_unequal_blocks(generator, kin
     assert all(g is None for g in grads)
 
 
+def test_losses_accept_numpy_arrays_at_the_public_edge(generator):
+    z1, z2 = rand(generator, 4, 3).detach(), rand(generator, 4, 3).detach()
+    value = losses.nt_xent(z1.numpy(), z2.numpy(), temperature=0.5)
+    torch.testing.assert_close(value, naive_nt_xent(z1, z2, 0.5), **TOL)
+
+
+def test_sinkhorn_knopp_stays_finite_for_large_float32_scores(generator):
+    scores = torch.randn(16, 8, generator=generator) * 100.0  # exp(score/0.05) overflows unshifted
+    codes = losses.sinkhorn_knopp(scores)
+    assert codes.dtype == torch.float32 and bool(torch.isfinite(codes).all())
+    torch.testing.assert_close(codes.sum(1), torch.ones(16))
+
+
+def test_falcon_stays_finite_with_saturated_float32_codes(generator):
+    f, c, n = 64, 2048, 32
+    dictionary = losses.rademacher_dictionary(f, c, generator)
+    h1 = dictionary[:, torch.randint(0, c, (n,), generator=generator)].T.clone().requires_grad_()
+    h2 = torch.tanh(10 * torch.randn(n, f, generator=generator)).requires_grad_()
+    for prior_kl in ("reverse", "forward"):
+        loss = losses.falcon(h1, h2, dictionary, prior_kl=prior_kl)
+        grads = torch.autograd.grad(loss, [h1, h2])
+        assert bool(torch.isfinite(loss)) and all(bool(torch.isfinite(g).all()) for g in grads)
+
+
 # --------------------------------------------------------------------------- known values
 
 

@@ -140,6 +140,7 @@ def worker(out_dir: Path) -> None:
     )
     scores = make_cases()["swav"][1][0][0]
     results["sinkhorn"] = losses.sinkhorn_knopp(rank_slice(scores, 0, rank))
+    results["sinkhorn0"] = losses.sinkhorn_knopp(rank_slice(scores, 0, rank), iterations=0)
     with distributed.local_only():
         z1, z2 = (rank_slice(x, 0, rank) for x in make_cases()["nt_xent"][1])
         results["local_only"] = losses.nt_xent(z1, z2)
@@ -261,12 +262,16 @@ def test_moco_queue_dino_center_and_sinkhorn_match_one_process(ranks):
     center = losses.dino_center_update(torch.zeros(1, 5, dtype=torch.float64), cases["dino"][1][1])
     scores = cases["swav"][1][0][0]
     codes = losses.sinkhorn_knopp(scores)
+    unnormalised = losses.sinkhorn_knopp(scores, iterations=0)
     for r in range(WORLD):
         torch.testing.assert_close(ranks[r]["moco_queue"][0], queue.queue)
         assert ranks[r]["moco_queue"][1] == int(queue.pointer) == 6
         torch.testing.assert_close(ranks[r]["dino_center"], center)
         torch.testing.assert_close(
             ranks[r]["sinkhorn"], rank_slice(codes, 0, r), atol=1e-12, rtol=1e-10
+        )
+        torch.testing.assert_close(
+            ranks[r]["sinkhorn0"], rank_slice(unnormalised, 0, r), atol=1e-12, rtol=1e-10
         )
 
 

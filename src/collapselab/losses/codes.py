@@ -326,6 +326,15 @@ class DINOLoss(nn.Module):
 # --------------------------------------------------------------------------- SwAV
 
 
+def _global_logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """log Σ exp(x) along ``dim`` over the rows of every rank (no gradient), kept dim."""
+    shift = distributed.all_reduce(x.amax(dim=dim, keepdim=True), op="max")
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    return shift + torch.log(
+        distributed.all_reduce(torch.exp(x - shift).sum(dim=dim, keepdim=True))
+    )
+
+
 @torch.no_grad()
 def sinkhorn_knopp(scores: torch.Tensor, eps: float = 0.05, iterations: int = 3) -> torch.Tensor:
     """Equipartitioned soft codes Q for a batch of prototype scores (Sinkhorn–Knopp).
@@ -334,25 +343,24 @@ def sinkhorn_knopp(scores: torch.Tensor, eps: float = 0.05, iterations: int = 3)
     1/K, columns (samples) to 1/B; finally multiplied by B so each sample's code sums to 1.
     Source: Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster
     Assignments" (SwAV), NeurIPS 2020, Sec. 3.1 and the official ``distributed_sinkhorn``;
-    ε = 0.05, 3 iterations.
+    ε = 0.05, 3 iterations. Computed in log space (same result; no overflow or 0/0 when scores
+    span more than ~80·ε, where the official code returns NaN), in at least float32.
 
-    Shapes: ``scores`` (n, K) -> codes (n, K), no gradient, computed in at least float32.
+    Shapes: ``scores`` (n, K) -> codes (n, K), no gradient.
     Distributed (``all_reduce``): the prototype sums run over the global batch B.
     """
     check_positive(eps, "eps")
     if iterations < 0:
         raise InputError(f"sinkhorn_knopp: iterations must be ≥ 0, got {iterations}")
     scores = check_tensor(scores, "scores")
-    work = scores.detach().to(torch.promote_types(scores.dtype, torch.float32))
-    shift = distributed.all_reduce(work.max(), op="max")
-    q = torch.exp((work - shift) / eps).T  # (K, n)
-    n_prototypes = q.shape[0]
-    batch = distributed.global_batch_size(q.shape[1], q.device)
-    q = q / distributed.all_reduce(q.sum())
+    log_q = scores.detach().to(torch.promote_types(scores.dtype, torch.float32)).T / eps  # (K, n)
+    n_prototypes = log_q.shape[0]
+    batch = distributed.global_batch_size(log_q.shape[1], log_q.device)
+    log_q = log_q - torch.logsumexp(_global_logsumexp(log_q, dim=1), dim=0, keepdim=True)
     for _ in range(iterations):
-        q = q / distributed.all_reduce(q.sum(dim=1, keepdim=True)) / n_prototypes
-        q = q / q.sum(dim=0, keepdim=True) / batch
-    return (q * batch).T.to(scores.dtype)
+        log_q = log_q - _global_logsumexp(log_q, dim=1) - math.log(n_prototypes)
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(batch)
+    return torch.exp(log_q + math.log(batch)).T.to(scores.dtype)
 
 
 @semantics("all_reduce")

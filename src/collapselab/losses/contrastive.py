@@ -176,7 +176,7 @@ def alignment_uniformity(
         L       = align + w·[unif(Z1) + unif(Z2)]/2
 
     Source: Wang & Isola, "Understanding Contrastive Representation Learning through Alignment
-    and Uniformity on the Hypersphere", ICML 2020, Definitions (eq. 4–5) and their reference
+    and Uniformity on the Hypersphere", ICML 2020, Sec. 4.1 (L_align, L_uniform) and their reference
     code (which averages the two uniformity terms). Defaults α = 2, t = 2, w = 1. unif = 0 at
     complete collapse and is more negative the more uniform the embedding.
 

@@ -208,7 +208,7 @@ def latent_prediction(
                                                            or smooth-L1 with β ("smooth_l1")
 
     i.e. the mean over every entry of every block. Source: Assran et al., "Self-Supervised
-    Learning from Images with a Joint-Embedding Predictive Architecture", CVPR 2023, eq. (1)
+    Learning from Images with a Joint-Embedding Predictive Architecture", CVPR 2023, Sec. 3 (the loss)
     (written as (1/M) Σ_k Σ_j ‖ŝ_j − s_j‖²; ours differs by the constant factor
     patches-per-block × D when blocks have equal size). The official code uses
     ``F.smooth_l1_loss`` on layer-normalised targets (normalise the targets before calling).
