@@ -1,0 +1,596 @@
+"""Batched, on-device image augmentations and the per-method view recipes.
+
+All operations work on a whole batch ``x`` of float images in [0, 1], shape (B, C, H, W)
+(C = 1 or 3), on whatever device ``x`` lives, with *per-sample* parameters given as tensors.
+Random parameters are drawn first (:func:`sample_view_params`, from an explicit
+``torch.Generator`` on the batch's device) and applied second (:func:`apply_view`), so every
+random choice can be inspected and tested. There are no per-image Python loops.
+
+Semantics follow torchvision's tensor transforms (v0.15+) unless stated:
+
+* random resized crop: torchvision's ``RandomResizedCrop.get_params`` (10 attempts of area
+  fraction ~ U(scale), log aspect ratio ~ U(log ratio), then a central-crop fallback), resized
+  with bilinear interpolation equal to ``F.interpolate(box, size, mode="bilinear",
+  align_corners=False)`` of the sliced box (no antialiasing);
+* brightness ``clamp(f·x)``; contrast ``clamp(f·x + (1 − f)·mean(gray(x)))`` (one mean per image);
+  saturation ``clamp(f·x + (1 − f)·gray(x))``; hue: rotate the HSV hue by ``h`` turns;
+  factors ~ U[max(0, 1 − s), 1 + s], hue shift ~ U[−h, h];
+* colour-jitter order: ``"random"`` (default, as torchvision's ``ColorJitter``: a fresh random
+  order of the four operations per image) or ``"fixed"`` (brightness, contrast, saturation, hue);
+* grayscale ``0.299 R + 0.587 G + 0.114 B`` (ITU-R 601-2 luma, as PIL/torchvision), replicated
+  to three channels;
+* Gaussian blur: separable kernel ``exp(−t²/2σ²)`` normalised to sum 1, per-sample σ ~ U(sigma),
+  reflect padding; default kernel size ≈ 10 % of the side, odd (SimCLR/BYOL: 23 px at 224);
+* solarise ``x ↦ 1 − x where x ≥ threshold`` (threshold 0.5 on [0, 1], BYOL);
+* normalise ``(x − mean) / std`` per channel.
+
+Recipe defaults (documented with sources in ``docs/data.md``): ``simclr`` — SimCLR (Chen et al.
+2020, App. A/B.9) CIFAR setting: crop scale (0.08, 1), flip 0.5, jitter p 0.8 with strength
+s = 0.5 (0.4, 0.4, 0.4, 0.1), grayscale 0.2, no blur; ``byol`` — BYOL (Grill et al. 2020, Table 6):
+jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, blur p 1.0 / 0.1, solarise p 0.0 / 0.2;
+``multicrop`` — DINO (Caron et al. 2021, ``main_dino.py``): two global crops scale (0.4, 1) with
+blur 1.0 / 0.1 and solarise 0 / 0.2, six local crops scale (0.05, 0.4) at 96/224 of the side
+with blur 0.5.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from collapselab._validation import InputError
+
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+
+
+def to_float_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """Validate a batch (B, C, H, W) and return float32 in [0, 1] (uint8 is divided by 255)."""
+    if not isinstance(images, torch.Tensor):
+        raise InputError(f"{name}: expected a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+    if images.ndim != 4:
+        hint = " (add a batch axis with images[None])" if images.ndim == 3 else ""
+        raise InputError(f"{name}: expected shape (B, C, H, W), got {tuple(images.shape)}{hint}")
+    if images.shape[1] not in (1, 3):
+        raise InputError(f"{name}: expected 1 or 3 channels in axis 1, got shape {tuple(images.shape)}"
+                         " (channels-last input? use images.permute(0, 3, 1, 2))")
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(255.0)
+    if images.dtype.is_floating_point:
+        return images.to(torch.float32)
+    raise InputError(f"{name}: expected uint8 (0..255) or floating point (0..1) pixels, got {images.dtype}")
+
+
+def _check_generator(generator: torch.Generator | None, device: torch.device) -> None:
+    if generator is not None and torch.device(generator.device).type != device.type:
+        raise InputError(f"generator lives on {generator.device} but the images on {device}; create it "
+                         f"with torch.Generator(device={str(device)!r}).manual_seed(seed)")
+
+
+def _rand(shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    return torch.rand(tuple(shape), generator=generator, device=device)
+
+
+def _uniform(low: float, high: float, shape: Sequence[int], generator: torch.Generator | None,
+             device: torch.device) -> torch.Tensor:
+    return low + (high - low) * _rand(shape, generator, device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometric ops
+
+
+def sample_crop_boxes(batch: int, height: int, width: int, scale: tuple[float, float] = (0.08, 1.0),
+                      ratio: tuple[float, float] = (3 / 4, 4 / 3), generator: torch.Generator | None = None,
+                      device: str | torch.device = "cpu", attempts: int = 10) -> torch.Tensor:
+    """Per-sample random-resized-crop boxes, int64 (B, 4) = (top, left, box_height, box_width).
+
+    torchvision's algorithm, vectorised: ``attempts`` candidates per sample with area fraction
+    ~ U(scale) and aspect ratio w/h = exp(U(log ratio)), rounded sides; the first candidate that
+    fits is used, else a central crop with the aspect ratio clamped to ``ratio``. Position
+    ~ uniform over the valid offsets.
+    """
+    device = torch.device(device)
+    area = float(height * width)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    target = area * _uniform(scale[0], scale[1], (batch, attempts), generator, device)
+    aspect = torch.exp(_uniform(log_lo, log_hi, (batch, attempts), generator, device))
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.argmax(ok.to(torch.int8), dim=1, keepdim=True)  # first True (0 if none)
+    h = h.gather(1, first).squeeze(1)
+    w = w.gather(1, first).squeeze(1)
+    found = ok.any(dim=1)
+    # fallback: central crop with the aspect ratio clamped to `ratio`
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fh, fw = height, round(height * ratio[1])
+    else:
+        fw, fh = width, height
+    h = torch.where(found, h, torch.full_like(h, fh))
+    w = torch.where(found, w, torch.full_like(w, fw))
+    u = _rand((2, batch), generator, device)
+    top = torch.floor(u[0] * (height - h + 1)).clamp_max(height - h)
+    left = torch.floor(u[1] * (width - w + 1)).clamp_max(width - w)
+    top = torch.where(found, top, torch.div(height - h, 2, rounding_mode="floor"))
+    left = torch.where(found, left, torch.div(width - w, 2, rounding_mode="floor"))
+    return torch.stack([top, left, h, w], dim=1).to(torch.int64)
+
+
+def _interp_taps(start: torch.Tensor, length: torch.Tensor, out_size: int,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear taps resampling [start, start+length) to ``out_size`` samples, as
+    ``F.interpolate(..., align_corners=False)`` on the sliced box: source index pairs
+    (i0, i1) (int64 (B, out_size)) and the weight ``w1`` of i1."""
+    o = torch.arange(out_size, device=start.device, dtype=dtype)[None]
+    length_f = length.to(dtype)[:, None]
+    src = (o + 0.5) * (length_f / out_size) - 0.5
+    src = torch.minimum(src.clamp_min(0.0), length_f - 1)
+    i0 = torch.floor(src)
+    w1 = src - i0
+    i1 = torch.minimum(i0 + 1, length_f - 1)
+    offset = start[:, None]
+    return i0.to(torch.int64) + offset, i1.to(torch.int64) + offset, w1
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int | tuple[int, int],
+                 flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Crop each image to its box (top, left, h, w) and resize bilinearly to ``size``.
+
+    Equals ``F.interpolate(x[i:i+1, :, t:t+h, l:l+w], size, mode="bilinear",
+    align_corners=False)`` per image (no antialiasing), computed for the whole batch as two
+    separable gather + lerp passes. ``flip`` (bool (B,)) mirrors the selected outputs
+    horizontally at no extra cost.
+    """
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    b, c, height, _ = x.shape
+    c0, c1, cw = _interp_taps(boxes[:, 1], boxes[:, 3], out_w, x.dtype)
+    if flip is not None:
+        f = flip[:, None]
+        c0, c1, cw = torch.where(f, c0.flip(1), c0), torch.where(f, c1.flip(1), c1), torch.where(f, cw.flip(1), cw)
+    shape = (b, c, height, out_w)
+    left = x.gather(3, c0[:, None, None, :].expand(shape))
+    right = x.gather(3, c1[:, None, None, :].expand(shape))
+    x = left.lerp_(right, cw[:, None, None, :].expand(shape))
+    r0, r1, rw = _interp_taps(boxes[:, 0], boxes[:, 2], out_h, x.dtype)
+    shape = (b, c, out_h, out_w)
+    top = x.gather(2, r0[:, None, :, None].expand(shape))
+    bottom = x.gather(2, r1[:, None, :, None].expand(shape))
+    return top.lerp_(bottom, rw[:, None, :, None].expand(shape))
+
+
+def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror the images selected by ``mask`` (bool (B,)) left-right."""
+    return torch.where(mask[:, None, None, None], x.flip(-1), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Colour ops (x float in [0, 1])
+
+
+def rgb_to_grayscale(x: torch.Tensor) -> torch.Tensor:
+    """Luma 0.299 R + 0.587 G + 0.114 B, shape (B, 1, H, W); a 1-channel input is returned as is."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(1)
+    gray = r * LUMA_WEIGHTS[0]
+    return gray.add_(g, alpha=LUMA_WEIGHTS[1]).add_(b, alpha=LUMA_WEIGHTS[2]).unsqueeze(1)
+
+
+def _per_sample(f: torch.Tensor) -> torch.Tensor:
+    return f.reshape(-1, 1, 1, 1)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``clamp(f·x, 0, 1)`` with one factor per image (f = 1: identity)."""
+    return (x * _per_sample(factor)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``clamp(f·x + (1 − f)·m, 0, 1)``, m = mean of the image's grayscale (one per image)."""
+    mean = rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    f = _per_sample(factor).to(x.dtype)
+    return (x * f).add_((1 - f) * mean).clamp_(0.0, 1.0)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``clamp(f·x + (1 − f)·gray(x), 0, 1)``; identity on 1-channel images."""
+    if x.shape[1] == 1:
+        return x
+    f = _per_sample(factor).to(x.dtype)
+    return (x * f).add_(rgb_to_grayscale(x).mul_(1 - f)).clamp_(0.0, 1.0)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue of each image by ``shift`` turns (any real number; 0 and ±1 are the
+    identity); value and saturation are kept. Identity on 1-channel images.
+
+    With V = max(r, g, b), C = V − min(r, g, b) and hue h in turns, the result is
+    ``channel_n = V − C·clamp(min(k, 4 − k), 0, 1)``, ``k = (n + 6(h + shift)) mod 6`` for
+    n = 5, 3, 1 (R, G, B) — the closed form of HSV→RGB.
+    """
+    if x.shape[1] == 1:
+        return x
+    vmax, argmax = x.max(dim=1, keepdim=True)
+    chroma = vmax - x.amin(dim=1, keepdim=True)
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    # hue in sixths: 2·argmax + (next channel − previous channel) / chroma  (mod 6 below);
+    # diffs[:, c] = x[c + 1] − x[c + 2] (channels mod 3): g − b, b − r, r − g
+    diffs = x.roll(-1, 1).sub_(x.roll(1, 1))
+    turns = shift.to(x.dtype).reshape(-1, 1, 1, 1)
+    turns = turns - torch.floor(turns)  # in [0, 1): h6 below stays in [-1, 11)
+    h6 = diffs.gather(1, argmax).div_(safe).add_(argmax.to(x.dtype).mul_(2.0)).add_(6.0 * turns)
+    k = torch.cat([h6 + 5.0, h6 + 3.0, h6.add_(1.0)], dim=1)  # k_n = h6 + n, n = 5, 3, 1 (R, G, B)
+    k.sub_(torch.floor(k * (1 / 6)).mul_(6.0))  # k mod 6, k >= 0
+    k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return k.mul_(-chroma).add_(vmax)
+
+
+def solarize(x: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """``x ↦ 1 − x`` where ``x ≥ threshold``, for the images selected by ``mask`` (bool (B,))."""
+    return torch.where(mask[:, None, None, None] & (x >= threshold), 1.0 - x, x)
+
+
+def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """(B, kernel_size) normalised 1-D Gaussian kernels ``exp(−t²/(2σ²))``, t centred on 0."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise InputError(f"blur kernel_size must be a positive odd integer, got {kernel_size}")
+    t = torch.arange(kernel_size, device=sigma.device, dtype=torch.float32) - (kernel_size - 1) / 2
+    s = sigma.to(torch.float32).clamp_min(1e-6)[:, None]
+    k = torch.exp(-0.5 * (t[None] / s) ** 2)
+    return k / k.sum(dim=1, keepdim=True)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Separable Gaussian blur with one σ per image (reflect padding; σ → 0 is the identity)."""
+    kernels = gaussian_kernels(sigma, kernel_size).to(x.dtype)
+    pad = kernel_size // 2
+    if pad == 0:
+        return x
+    mode = "reflect" if pad < min(x.shape[-2:]) else "replicate"
+    width, height = x.shape[-1], x.shape[-2]
+    xp = F.pad(x, (pad, pad, 0, 0), mode=mode)
+    out = sum(kernels[:, j, None, None, None] * xp[..., j:j + width] for j in range(kernel_size))
+    yp = F.pad(out, (0, 0, pad, pad), mode=mode)
+    return sum(kernels[:, j, None, None, None] * yp[..., j:j + height, :] for j in range(kernel_size))
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(x − mean) / std`` per channel."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    if m.shape[1] != x.shape[1] or s.shape[1] != x.shape[1]:
+        raise InputError(f"normalize: mean/std have {m.shape[1]}/{s.shape[1]} values for {x.shape[1]} channels")
+    return (x - m) / s
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of a uint8 or [0, 1] float image tensor, on the [0, 1] scale."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    count = 0
+    for start in range(0, images.shape[0], chunk):
+        x = to_float_images(images[start:start + chunk]).to(torch.float64)
+        total += x.sum(dim=(0, 2, 3)).cpu()
+        total_sq += (x * x).sum(dim=(0, 2, 3)).cpu()
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp_min(0).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# One view: configuration, parameters, application
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """How one augmented view is made. Probabilities are per image.
+
+    ``size``: output side in pixels (int), a fraction of the input side (float in (0, 1]), or
+    None for the input size. ``blur_kernel``: odd kernel size, None for ≈ 10 % of the output side.
+    """
+
+    size: int | float | None = None
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    jitter_order: str = "random"
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel: int | None = None
+    solarize_p: float = 0.0
+    solarize_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            p = getattr(self, name)
+            if not 0.0 <= float(p) <= 1.0:
+                raise InputError(f"augment: {name} must be a probability in [0, 1], got {p}")
+        for name in ("brightness", "contrast", "saturation"):
+            if float(getattr(self, name)) < 0:
+                raise InputError(f"augment: {name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= float(self.hue) <= 0.5:
+            raise InputError(f"augment: hue must be in [0, 0.5] turns, got {self.hue}")
+        if self.jitter_order not in ("random", "fixed"):
+            raise InputError(f"augment: jitter_order must be 'random' or 'fixed', got {self.jitter_order!r}")
+        for name, lo_min in (("crop_scale", 0.0), ("crop_ratio", 0.0), ("blur_sigma", 0.0)):
+            v = getattr(self, name)
+            if len(v) != 2 or not lo_min < float(v[0]) <= float(v[1]):
+                raise InputError(f"augment: {name} must be a pair (low, high) with 0 < low <= high, got {v}")
+        if float(self.crop_scale[1]) > 1.0:
+            raise InputError(f"augment: crop_scale is a fraction of the image area, at most 1; got {self.crop_scale}")
+        if self.size is not None and (float(self.size) <= 0 or (isinstance(self.size, float) and self.size > 1)):
+            raise InputError(f"augment: size must be a positive int (pixels), a fraction in (0, 1], or null; got {self.size}")
+        if self.blur_kernel is not None and (int(self.blur_kernel) < 1 or int(self.blur_kernel) % 2 == 0):
+            raise InputError(f"augment: blur_kernel must be a positive odd integer, got {self.blur_kernel}")
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Output (H, W) for an input of (height, width)."""
+        if self.size is None:
+            return height, width
+        if isinstance(self.size, float):
+            return max(1, round(self.size * height)), max(1, round(self.size * width))
+        return int(self.size), int(self.size)
+
+    def kernel_size(self, out_h: int, out_w: int) -> int:
+        """Blur kernel size: ``blur_kernel`` or the odd integer near 10 % of the side (min 3)."""
+        if self.blur_kernel is not None:
+            return int(self.blur_kernel)
+        return max(3, int(0.1 * min(out_h, out_w)) | 1)
+
+
+def _factor_range(strength: float) -> tuple[float, float]:
+    return max(0.0, 1.0 - strength), 1.0 + strength
+
+
+def sample_view_params(batch: int, height: int, width: int, config: ViewConfig,
+                       generator: torch.Generator | None = None,
+                       device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Draw every random choice of one view for ``batch`` images of size (height, width).
+
+    Returns tensors on ``device``: ``boxes`` (B, 4), ``flip``, ``jitter``, ``grayscale``,
+    ``blur``, ``solarize`` (bool (B,)), ``brightness``, ``contrast``, ``saturation`` factors,
+    ``hue`` shift, ``sigma`` (float (B,)) and ``order`` (int64 (B, 4): position k holds the index
+    into ``JITTER_OPS`` applied k-th).
+    """
+    device = torch.device(device)
+    c = config
+    p = {"boxes": sample_crop_boxes(batch, height, width, c.crop_scale, c.crop_ratio, generator, device)}
+    coins = _rand((5, batch), generator, device)
+    p["flip"] = coins[0] < c.flip_p
+    p["jitter"] = coins[1] < c.jitter_p
+    p["grayscale"] = coins[2] < c.grayscale_p
+    p["blur"] = coins[3] < c.blur_p
+    p["solarize"] = coins[4] < c.solarize_p
+    p["brightness"] = _uniform(*_factor_range(c.brightness), (batch,), generator, device)
+    p["contrast"] = _uniform(*_factor_range(c.contrast), (batch,), generator, device)
+    p["saturation"] = _uniform(*_factor_range(c.saturation), (batch,), generator, device)
+    p["hue"] = _uniform(-c.hue, c.hue, (batch,), generator, device)
+    if c.jitter_order == "random":
+        p["order"] = torch.argsort(_rand((batch, 4), generator, device), dim=1)
+    else:
+        p["order"] = torch.arange(4, device=device).expand(batch, 4).clone()
+    p["sigma"] = _uniform(c.blur_sigma[0], c.blur_sigma[1], (batch,), generator, device)
+    return p
+
+
+_IDENTITY = {"brightness": 1.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.0}
+_OPS = {"brightness": adjust_brightness, "contrast": adjust_contrast,
+        "saturation": adjust_saturation, "hue": adjust_hue}
+
+
+def color_jitter(x: torch.Tensor, params: Mapping[str, torch.Tensor], config: ViewConfig) -> torch.Tensor:
+    """Apply brightness/contrast/saturation/hue to the images with ``params["jitter"]`` set, each
+    image in its own ``params["order"]``; an operation whose strength is 0 is skipped.
+
+    Batched by grouping: images are sorted by their order (at most 24 distinct permutations), each
+    group gets its four operations as whole-slice tensor ops, and the batch is un-sorted once.
+    """
+    active = {i for i, op in enumerate(JITTER_OPS) if float(getattr(config, op)) > 0
+              and not (op in ("saturation", "hue") and x.shape[1] == 1)}
+    jitter = params["jitter"]
+    if not active or not bool(jitter.any()):
+        return x
+    order = params["order"]
+    code = order[:, 0] * 64 + order[:, 1] * 16 + order[:, 2] * 4 + order[:, 3]  # permutation id
+    code = torch.where(jitter, code, torch.full_like(code, -1))
+    sort_idx = torch.argsort(code, stable=True)
+    codes, counts = torch.unique_consecutive(code[sort_idx], return_counts=True)
+    xs = x[sort_idx]
+    factors = {op: params[op][sort_idx] for op in JITTER_OPS}
+    start = 0
+    for c, n in zip(codes.tolist(), counts.tolist(), strict=True):
+        stop = start + n
+        if c >= 0:
+            seq = [(c >> 6) & 3, (c >> 4) & 3, (c >> 2) & 3, c & 3]
+            part = xs[start:stop]
+            for i in seq:
+                if i in active:
+                    op = JITTER_OPS[i]
+                    part = _OPS[op](part, factors[op][start:stop])
+            xs[start:stop] = part
+        start = stop
+    out = torch.empty_like(xs)
+    out[sort_idx] = xs
+    return out
+
+
+def apply_view(images: torch.Tensor, params: Mapping[str, torch.Tensor], config: ViewConfig,
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> torch.Tensor:
+    """Make one view from ``images`` (uint8 or float, (B, C, H, W)) with drawn ``params``.
+
+    Order (as the published recipes): resized crop + flip, colour jitter, grayscale, blur,
+    solarise, normalise (if ``mean``/``std`` given). Returns float32 (B, C, h, w).
+    """
+    x = to_float_images(images)
+    out_h, out_w = config.output_size(*x.shape[-2:])
+    x = resized_crop(x, params["boxes"], (out_h, out_w), flip=params["flip"])
+    x = color_jitter(x, params, config)
+    if config.grayscale_p > 0 and x.shape[1] == 3:
+        x = torch.where(params["grayscale"][:, None, None, None], rgb_to_grayscale(x).expand_as(x), x)
+    if config.blur_p > 0 and bool(params["blur"].any()):
+        idx = torch.nonzero(params["blur"]).squeeze(1)
+        x[idx] = gaussian_blur(x[idx], params["sigma"][idx], config.kernel_size(out_h, out_w))
+    if config.solarize_p > 0:
+        x = solarize(x, params["solarize"], config.solarize_threshold)
+    if mean is not None and std is not None:
+        x = normalize(x, mean, std)
+    return x
+
+
+def augment_view(images: torch.Tensor, config: ViewConfig | None = None,
+                 generator: torch.Generator | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> torch.Tensor:
+    """Draw parameters and make one view of a batch (see :func:`apply_view`)."""
+    config = config or ViewConfig()
+    x = to_float_images(images)
+    _check_generator(generator, x.device)
+    params = sample_view_params(x.shape[0], x.shape[2], x.shape[3], config, generator, x.device)
+    return apply_view(x, params, config, mean, std)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes: named groups of views
+
+
+@dataclass(frozen=True)
+class ViewGroup:
+    """``count`` views made with the same configuration (e.g. six local crops)."""
+
+    name: str
+    config: ViewConfig
+    count: int = 1
+
+
+@dataclass
+class MultiViewAugment:
+    """A recipe: calling it on a batch returns the list of views, group by group.
+
+    ``mean``/``std`` (per channel, on the [0, 1] scale) normalise every view; None skips it.
+    """
+
+    name: str
+    groups: list[ViewGroup]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    _extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_views(self) -> int:
+        return sum(g.count for g in self.groups)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        x = to_float_images(images)
+        _check_generator(generator, x.device)
+        views = []
+        for group in self.groups:
+            for _ in range(group.count):
+                params = sample_view_params(x.shape[0], x.shape[2], x.shape[3], group.config, generator, x.device)
+                views.append(apply_view(x, params, group.config, self.mean, self.std))
+        return views
+
+
+_VIEW_FIELDS = {f.name for f in fields(ViewConfig)}
+
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "simclr": {"views": {"count": 2}},
+    "byol": {
+        "view1": {"saturation": 0.2, "blur_p": 1.0, "solarize_p": 0.0},
+        "view2": {"saturation": 0.2, "blur_p": 0.1, "solarize_p": 0.2},
+    },
+    "multicrop": {
+        "global1": {"crop_scale": (0.4, 1.0), "saturation": 0.2, "blur_p": 1.0},
+        "global2": {"crop_scale": (0.4, 1.0), "saturation": 0.2, "blur_p": 0.1, "solarize_p": 0.2},
+        "local": {"count": 6, "size": 96 / 224, "crop_scale": (0.05, 0.4), "saturation": 0.2, "blur_p": 0.5},
+    },
+}
+
+
+def _unknown_key(key: str, valid: Sequence[str], where: str) -> InputError:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return InputError(f"augment: unknown key {key!r} in {where}{hint} Valid keys: {', '.join(sorted(valid))}")
+
+
+def _as_pairs(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def build_augment(config: str | Mapping[str, Any] | None = "simclr", **overrides: Any) -> MultiViewAugment:
+    """Build a recipe from a name or a plain dict (as read from YAML).
+
+    Dict form::
+
+        recipe: byol            # simclr | byol | multicrop | custom (start from no groups)
+        size: 32                # any ViewConfig field here applies to every group
+        mean: [0.49, 0.48, 0.45]
+        std: [0.25, 0.24, 0.26]
+        views:                  # per-group overrides; new names add groups (custom recipes)
+          view2: {solarize_p: 0.3}
+          local: {count: 8}
+
+    Keyword ``overrides`` are merged on top of the dict's top level. Unknown keys raise
+    :class:`InputError` naming the closest valid key.
+    """
+    cfg: dict[str, Any] = {"recipe": config} if isinstance(config, str) or config is None else dict(config)
+    cfg.update(overrides)
+    recipe = cfg.pop("recipe", None) or cfg.pop("name", None) or "simclr"
+    if recipe != "custom" and recipe not in RECIPES:
+        close = difflib.get_close_matches(str(recipe), list(RECIPES), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise InputError(f"augment: unknown recipe {recipe!r}{hint} Known: {', '.join(RECIPES)}, custom")
+    mean, std = cfg.pop("mean", None), cfg.pop("std", None)
+    if (mean is None) != (std is None):
+        raise InputError("augment: give both mean and std (per channel) or neither")
+    view_overrides = cfg.pop("views", None) or {}
+    if not isinstance(view_overrides, Mapping):
+        raise InputError(f"augment: 'views' must map group names to settings, got {type(view_overrides).__name__}")
+    common = _as_pairs(cfg)
+    for key in common:
+        if key not in _VIEW_FIELDS:
+            raise _unknown_key(key, [*_VIEW_FIELDS, "recipe", "mean", "std", "views"], "the augment settings")
+    base = dict(RECIPES.get(recipe, {}))
+    names = list(base) + [n for n in view_overrides if n not in base]
+    groups = []
+    for name in names:
+        settings = {**base.get(name, {}), **common, **_as_pairs(view_overrides.get(name) or {})}
+        count = int(settings.pop("count", 1))
+        for key in settings:
+            if key not in _VIEW_FIELDS:
+                raise _unknown_key(key, [*_VIEW_FIELDS, "count"], f"views.{name}")
+        if count < 0:
+            raise InputError(f"augment: views.{name}.count must be >= 0, got {count}")
+        groups.append(ViewGroup(name, replace(ViewConfig(), **settings), count))
+    if not any(g.count for g in groups):
+        raise InputError(f"augment: recipe {recipe!r} makes no views; add groups under 'views'")
+    return MultiViewAugment(str(recipe), groups,
+                            tuple(float(m) for m in mean) if mean is not None else None,
+                            tuple(float(s) for s in std) if std is not None else None)
+
+
+__all__ = [
+    "JITTER_OPS", "LUMA_WEIGHTS", "RECIPES", "MultiViewAugment", "ViewConfig", "ViewGroup",
+    "adjust_brightness", "adjust_contrast", "adjust_hue", "adjust_saturation", "apply_view",
+    "augment_view", "build_augment", "channel_stats", "color_jitter", "gaussian_blur",
+    "gaussian_kernels", "hflip", "normalize", "resized_crop", "rgb_to_grayscale",
+    "sample_crop_boxes", "sample_view_params", "solarize", "to_float_images",
+]
