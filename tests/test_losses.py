@@ -266,6 +266,30 @@ def test_info_nce_matches_naive_loop_and_ignores_key_gradient(generator):
     assert all(g is None for g in grads)
 
 
+def test_moco_queue_is_fifo_and_wraps_around(generator):
+    queue = losses.MoCoQueue(dim=3, size=5, generator=generator).double()
+    start = queue.queue.clone()
+    keys = [torch.randn(2, 3, generator=generator, dtype=torch.float64) for _ in range(3)]
+    for k in keys:
+        queue.enqueue(k)
+    unit = [torch.nn.functional.normalize(k, dim=1) for k in keys]
+    expected = torch.stack([unit[2][1], unit[0][1], unit[1][0], unit[1][1], unit[2][0]])
+    torch.testing.assert_close(queue.queue, expected)
+    assert int(queue.pointer) == 1
+    assert not torch.equal(start, queue.queue)
+
+
+def test_moco_queue_forward_uses_the_queue_before_adding_the_keys(generator):
+    module = losses.MoCoQueue(dim=3, size=4, temperature=0.2, generator=generator).double()
+    query, key = rand(generator, 2, 3), rand(generator, 2, 3)
+    before = module.queue.clone()
+    loss = module(query, key)
+    torch.testing.assert_close(loss, naive_info_nce(query, key, before, 0.2), **TOL)
+    torch.testing.assert_close(module.queue[:2], torch.nn.functional.normalize(key.detach(), dim=1))
+    loss.backward()  # the in-place enqueue must not break the graph
+    assert query.grad is not None
+
+
 @pytest.mark.parametrize("stop_gradient", [True, False])
 def test_negative_cosine_matches_naive_loop(generator, stop_gradient):
     p, z = rand(generator, 5, 4), rand(generator, 5, 4)

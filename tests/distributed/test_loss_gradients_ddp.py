@@ -175,6 +175,8 @@ def ranks(tmp_path_factory) -> list[dict]:
             OMP_NUM_THREADS="1",
             CUDA_VISIBLE_DEVICES="",
         )
+        if sys.platform.startswith("linux"):  # loopback only: no dependence on the host's DNS
+            env.setdefault("GLOO_SOCKET_IFNAME", "lo")
         processes.append(
             subprocess.Popen(
                 [sys.executable, __file__, str(out_dir)],
