@@ -711,6 +711,8 @@ def test_other_losses_reject_inconsistent_inputs():
         losses.falcon(torch.randn(4, 3), torch.randn(4, 3), torch.ones(5, 6))
     with pytest.raises(InputError, match="prior_kl"):
         losses.falcon(torch.randn(4, 3), torch.randn(4, 3), torch.ones(3, 6), prior_kl="both")
+    with pytest.raises(InputError, match="beta"):
+        losses.falcon(torch.randn(4, 3), torch.randn(4, 3), torch.ones(3, 6), beta=-1.0)
     with pytest.raises(InputError, match="eps"):
         losses.falcon_temperature(8, 10**9, 4, eps=1e-8)
     with pytest.raises(InputError, match="center"):

@@ -106,9 +106,9 @@ def falcon(
     Non-Contrastive Self-Supervised Learning", ICML 2025 (arXiv 2410.04959), and the official
     code (github emsansone/CPLearn, ``solo/losses/cplearn.py``).
 
-    Default ``prior_kl="reverse"``: it is what the official code optimises, the form the authors
-    switched to when codes went unused on ImageNet-100, and the one the published β was tuned
-    with; it is also bounded (≤ log c). ``"forward"`` is the paper's prior term −Σ_j u_j log p̄_j
+    Default ``prior_kl="reverse"``: it is what the official code optimises (so its released
+    recipes, e.g. β = 1 on CIFAR, apply) and the form the authors switched to when codes went
+    unused on ImageNet-100; it is also bounded (≤ log c). ``"forward"`` is the paper's prior term −Σ_j u_j log p̄_j
     minus the constant H(u) = log c (same gradient); it grows without bound as a code's usage
     goes to 0. Both are 0 exactly when every code is used equally often.
 
@@ -126,6 +126,8 @@ def falcon(
     """
     if prior_kl not in ("reverse", "forward"):
         raise InputError(f"falcon: prior_kl must be 'reverse' or 'forward', got {prior_kl!r}")
+    if not (isinstance(beta, int | float) and math.isfinite(beta) and beta >= 0):
+        raise InputError(f"falcon: beta must be a finite number ≥ 0, got {beta!r}")
     h1 = check_tensor(h1, "h1")
     h2 = check_tensor(h2, "h2")
     if h1.shape != h2.shape:
@@ -226,8 +228,9 @@ def dino(
 
     Shapes: ``student_logits`` (V_s, n, K) or a list of V_s tensors (n, K); ``teacher_logits``
     (V_t, n, K) or a list, V_t ≤ V_s; ``center`` (K,) or (1, K). Returns a scalar, or
-    ``(loss, {"teacher_entropy", "kl"})`` with ``return_terms=True`` (loss = entropy + KL; a
-    teacher entropy near log K or a KL near 0 is the collapse signal of DINO's Fig. 7).
+    ``(loss, {"teacher_entropy", "kl"})`` with ``return_terms=True`` (loss = entropy + KL).
+    DINO's own collapse read-out: KL → 0 signals collapse; teacher entropy → log K is the
+    uniform form, → 0 the one-dominant-dimension form.
 
     Distributed (``local``): the loss is a per-rank mean; the centre is updated from the
     all-reduced teacher batch mean by :func:`dino_center_update`.
