@@ -207,19 +207,20 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
+_MAX_DIMS = 8
+
+
 def _check_same_shape_everywhere(x: torch.Tensor, what: str) -> None:
-    shape = torch.tensor([x.ndim, *x.shape], dtype=torch.long, device=x.device)
-    width = torch.tensor([shape.numel()], dtype=torch.long, device=x.device)
-    widths = [torch.empty_like(width) for _ in range(dist.get_world_size())]
-    dist.all_gather(widths, width)
-    if len({int(w) for w in widths}) == 1:
-        shapes = [torch.empty_like(shape) for _ in widths]
-        dist.all_gather(shapes, shape)
-        if all(bool(torch.equal(s, shape)) for s in shapes):
-            return
-        found = [tuple(s.tolist()[1:]) for s in shapes]
-    else:
-        found = ["tensors of different rank on different processes"]
+    """One small all_gather of every rank's shape; raise on every rank if they differ."""
+    if x.ndim > _MAX_DIMS:
+        raise InputError(f"{what}: tensors with more than {_MAX_DIMS} dimensions are not supported")
+    padded = [x.ndim, *x.shape] + [-1] * (_MAX_DIMS - x.ndim)
+    shape = torch.tensor(padded, dtype=torch.long, device=x.device)
+    shapes = [torch.empty_like(shape) for _ in range(dist.get_world_size())]
+    dist.all_gather(shapes, shape)
+    if all(bool(torch.equal(s, shape)) for s in shapes):
+        return
+    found = [tuple(s.tolist()[1 : 1 + int(s[0])]) for s in shapes]
     raise InputError(
         f"{what}: every rank must pass a tensor of the same shape, got {found} "
         "(use equal per-rank batches, e.g. drop_last=True in the sampler)"

@@ -40,16 +40,13 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     z2 = check_tensor(z2, "z2")
     check_same_shape(z1, z2, "z1", "z2")
     n = z1.shape[0]
-    u1 = F.normalize(z1, dim=1)
-    u2 = F.normalize(z2, dim=1)
-    candidates = torch.cat([distributed.gather(u1), distributed.gather(u2)])  # (2N, D)
-    n_global = candidates.shape[0] // 2
-    anchors = torch.cat([u1, u2])  # (2n, D)
+    anchors = F.normalize(torch.cat([z1, z2]), dim=1)  # (2n, D): this rank's views
+    candidates = distributed.gather(anchors)  # (2N, D): each rank's [z1; z2] block in rank order
     logits = anchors @ candidates.T / temperature  # (2n, 2N)
-    local = torch.arange(n, device=z1.device) + distributed.get_rank() * n
-    self_index = torch.cat([local, local + n_global])
-    positive_index = torch.cat([local + n_global, local])
     rows = torch.arange(2 * n, device=z1.device)
+    offset = distributed.get_rank() * 2 * n
+    self_index = rows + offset
+    positive_index = (rows + n) % (2 * n) + offset
     positives = logits[rows, positive_index]
     is_self = torch.zeros_like(logits, dtype=torch.bool)
     is_self[rows, self_index] = True
@@ -193,8 +190,8 @@ def alignment_uniformity(
         z1 = F.normalize(z1, dim=1)
         z2 = F.normalize(z2, dim=1)
     alignment = (z1 - z2).pow(2).sum(dim=1).pow(alpha / 2).mean()
-    all1 = distributed.gather(z1)
-    all2 = distributed.gather(z2)
+    both = distributed.gather(torch.stack([z1, z2], dim=1))  # (N, 2, D), one collective
+    all1, all2 = both[:, 0], both[:, 1]
     if all1.shape[0] < 2:
         raise InputError("alignment_uniformity: uniformity needs at least 2 samples in the batch")
     uniformity = (_log_mean_gaussian_kernel(all1, t) + _log_mean_gaussian_kernel(all2, t)) / 2
