@@ -91,7 +91,8 @@ def barlow_twins(
         L    = Σ_i (1 − C_ii)²  +  λ Σ_{i≠j} C_ij²            (plain sums, no 1/D)
 
     Source: Zbontar et al., "Barlow Twins: Self-Supervised Learning via Redundancy Reduction",
-    ICML 2021, eq. (1)–(2) and the official code (facebookresearch/barlowtwins), λ = 5e-3.
+    ICML 2021, eq. (1)–(2) and the official code (facebookresearch/barlowtwins). λ = 5e-3 as
+    in the paper (the official script's ``--lambd`` default is 0.0051).
     Two identical, exactly whitened views give L = D·(ε/(1+ε))² ≈ 0 (ε from the BatchNorm).
 
     Shapes: ``z1``, ``z2`` (n, D), global batch N ≥ 2. Returns a scalar, or
