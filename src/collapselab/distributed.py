@@ -240,10 +240,10 @@ def gather(x: torch.Tensor, check_shapes: bool = True) -> torch.Tensor:
     Pitfalls this avoids:
 
     * ``torch.distributed.all_gather`` has no autograd: the gathered copies are constants, so the
-      negatives coming from other ranks push nothing back to the rank that produced them. A
-      common patch -- put the local tensor back into its slot -- recovers only the gradient of
-      the local loss, which is 1/W of what the other ranks' losses contribute, and the run
-      silently differs from the single-GPU one.
+      negatives coming from other ranks push nothing back to the rank that produced them. The
+      common patch -- put the local tensor back into its slot -- recovers the gradient of the
+      local loss only; the terms of the other W − 1 ranks' losses (where this rank's rows are
+      negatives) are dropped, so the step differs from the single-GPU one, not just in scale.
     * Every rank must call ``gather`` (and later ``backward``) the same number of times in the
       same order; a rank that skips a loss blocks the others until the timeout.
     * ``all_gather`` needs equal shapes on every rank; with ``check_shapes`` (default) a
@@ -267,9 +267,10 @@ def all_reduce(x: torch.Tensor, op: Literal["sum", "mean", "max"] = "sum") -> to
     Pitfalls this avoids:
 
     * ``torch.distributed.all_reduce`` works in place and has no autograd: backward treats it as
-      the identity, so each rank's input receives only the gradient of its own loss -- 1/W of the
-      true gradient of a statistic that all W ranks use, and the zero-gradient direction of any
-      loss that depends on other ranks' contributions is lost.
+      the identity, so rank r's input receives the gradient of its own loss only, not of the W
+      ranks' losses that all use the reduced value. After DDP's averaging the step is 1/W of the
+      single-GPU one (a factor the official Barlow Twins code folds into its learning rate), and
+      the in-place write can corrupt a tensor autograd saved for backward.
     * With ``"mean"``, equal per-rank batches are assumed when the reduced value is itself a
       per-rank mean; for unequal batches reduce sums and counts separately
       (:func:`global_batch_size`).
