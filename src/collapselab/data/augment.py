@@ -155,20 +155,23 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int | tuple[int, in
     horizontally at no extra cost.
     """
     out_h, out_w = (size, size) if isinstance(size, int) else size
-    b, c, height, _ = x.shape
+    b, c, height, width = x.shape
+    # rows: select whole image rows (contiguous) from the (B·C·H, W) view, then blend
+    r0, r1, rw = _interp_taps(boxes[:, 0], boxes[:, 2], out_h, x.dtype)
+    plane = (torch.arange(b * c, device=x.device) * height).reshape(b, c, 1)
+    rows = x.reshape(b * c * height, width)
+    top = rows.index_select(0, (plane + r0[:, None, :]).reshape(-1)).reshape(b, c, out_h, width)
+    bottom = rows.index_select(0, (plane + r1[:, None, :]).reshape(-1)).reshape(b, c, out_h, width)
+    y = top.lerp_(bottom, rw[:, None, :, None])
+    # columns: gather within each row
     c0, c1, cw = _interp_taps(boxes[:, 1], boxes[:, 3], out_w, x.dtype)
     if flip is not None:
         f = flip[:, None]
         c0, c1, cw = torch.where(f, c0.flip(1), c0), torch.where(f, c1.flip(1), c1), torch.where(f, cw.flip(1), cw)
-    shape = (b, c, height, out_w)
-    left = x.gather(3, c0[:, None, None, :].expand(shape))
-    right = x.gather(3, c1[:, None, None, :].expand(shape))
-    x = left.lerp_(right, cw[:, None, None, :].expand(shape))
-    r0, r1, rw = _interp_taps(boxes[:, 0], boxes[:, 2], out_h, x.dtype)
     shape = (b, c, out_h, out_w)
-    top = x.gather(2, r0[:, None, :, None].expand(shape))
-    bottom = x.gather(2, r1[:, None, :, None].expand(shape))
-    return top.lerp_(bottom, rw[:, None, :, None].expand(shape))
+    left = y.gather(3, c0[:, None, None, :].expand(shape))
+    right = y.gather(3, c1[:, None, None, :].expand(shape))
+    return left.lerp_(right, cw[:, None, None, :])
 
 
 def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -223,24 +226,30 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """
     if x.shape[1] == 1:
         return x
-    vmax, argmax = x.max(dim=1, keepdim=True)
-    chroma = vmax - x.amin(dim=1, keepdim=True)
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    # hue in sixths: 2·argmax + (next channel − previous channel) / chroma  (mod 6 below);
-    # diffs[:, c] = x[c + 1] − x[c + 2] (channels mod 3): g − b, b − r, r − g
-    diffs = x.roll(-1, 1).sub_(x.roll(1, 1))
-    turns = shift.to(x.dtype).reshape(-1, 1, 1, 1)
-    turns = turns - torch.floor(turns)  # in [0, 1): h6 below stays in [-1, 11)
-    h6 = diffs.gather(1, argmax).div_(safe).add_(argmax.to(x.dtype).mul_(2.0)).add_(6.0 * turns)
-    k = torch.cat([h6 + 5.0, h6 + 3.0, h6.add_(1.0)], dim=1)  # k_n = h6 + n, n = 5, 3, 1 (R, G, B)
-    k.sub_(torch.floor(k * (1 / 6)).mul_(6.0))  # k mod 6, k >= 0
-    k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return k.mul_(-chroma).add_(vmax)
+    r, g, b = x.unbind(1)
+    vmax = torch.maximum(torch.maximum(r, g), b)
+    chroma = vmax - torch.minimum(torch.minimum(r, g), b)
+    # hue in sixths: (g − b)/C if R is the maximum, else (b − r)/C + 2 if G is, else
+    # (r − g)/C + 4; C = 0 gives 0 (its numerator is 0). Selection by lerp with 0/1 weights
+    # (exact, and much faster than torch.where on CPU).
+    is_r = (r == vmax).to(x.dtype)
+    is_g = (g == vmax).to(x.dtype).mul_(1.0 - is_r)
+    numerator = torch.lerp((r - g).add_(chroma, alpha=4.0), (b - r).add_(chroma, alpha=2.0), is_g)
+    numerator = numerator.lerp_(g - b, is_r)
+    h6 = numerator.div_(chroma.clamp_min(1e-12))
+    h6.add_(6.0 * shift.to(x.dtype).reshape(-1, 1, 1))
+    # k_n = h6 + n for n = 5, 3, 1 (R, G, B), taken mod 6 (floor-based, valid for any sign)
+    k = torch.stack([h6 + 5.0, h6 + 3.0, h6.add_(1.0)], dim=1)
+    k.sub_(torch.floor(k * (1 / 6)).mul_(6.0))
+    # clamp(min(k, 4 − k), 0, 1) == clamp(2 − |k − 2|, 0, 1) on [0, 6)
+    k.sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
+    return k.mul_(-chroma.unsqueeze(1)).add_(vmax.unsqueeze(1))
 
 
 def solarize(x: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """``x ↦ 1 − x`` where ``x ≥ threshold``, for the images selected by ``mask`` (bool (B,))."""
-    return torch.where(mask[:, None, None, None] & (x >= threshold), 1.0 - x, x)
+    flip = (x >= threshold).to(x.dtype).mul_(mask.to(x.dtype).reshape(-1, 1, 1, 1))
+    return torch.lerp(x, 1.0 - x, flip)  # weights 0/1: exact x or 1 − x
 
 
 def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -402,35 +411,30 @@ def color_jitter(x: torch.Tensor, params: Mapping[str, torch.Tensor], config: Vi
     """Apply brightness/contrast/saturation/hue to the images with ``params["jitter"]`` set, each
     image in its own ``params["order"]``; an operation whose strength is 0 is skipped.
 
-    Batched by grouping: images are sorted by their order (at most 24 distinct permutations), each
-    group gets its four operations as whole-slice tensor ops, and the batch is un-sorted once.
+    Batched slot by slot: before slot k the jittered images are permuted so that those whose
+    k-th operation is the same lie in one contiguous slice; each operation then runs once per
+    slot on its slice, and the batch is put back in order at the end.
     """
-    active = {i for i, op in enumerate(JITTER_OPS) if float(getattr(config, op)) > 0
-              and not (op in ("saturation", "hue") and x.shape[1] == 1)}
-    jitter = params["jitter"]
-    if not active or not bool(jitter.any()):
+    active = [float(getattr(config, op)) > 0 and not (op in ("saturation", "hue") and x.shape[1] == 1)
+              for op in JITTER_OPS]
+    if not any(active) or not bool(params["jitter"].any()):
         return x
-    order = params["order"]
-    code = order[:, 0] * 64 + order[:, 1] * 16 + order[:, 2] * 4 + order[:, 3]  # permutation id
-    code = torch.where(jitter, code, torch.full_like(code, -1))
-    sort_idx = torch.argsort(code, stable=True)
-    codes, counts = torch.unique_consecutive(code[sort_idx], return_counts=True)
-    xs = x[sort_idx]
-    factors = {op: params[op][sort_idx] for op in JITTER_OPS}
-    start = 0
-    for c, n in zip(codes.tolist(), counts.tolist(), strict=True):
-        stop = start + n
-        if c >= 0:
-            seq = [(c >> 6) & 3, (c >> 4) & 3, (c >> 2) & 3, c & 3]
-            part = xs[start:stop]
-            for i in seq:
-                if i in active:
-                    op = JITTER_OPS[i]
-                    part = _OPS[op](part, factors[op][start:stop])
-            xs[start:stop] = part
-        start = stop
-    out = torch.empty_like(xs)
-    out[sort_idx] = xs
+    chosen = torch.nonzero(params["jitter"]).squeeze(1)  # original index of each row of xs
+    xs = x[chosen]
+    order = params["order"][chosen]
+    for slot in range(4):
+        op_at_slot = order[:, slot]
+        perm = torch.argsort(op_at_slot, stable=True)
+        chosen, xs, order = chosen[perm], xs[perm], order[perm]
+        counts = torch.bincount(order[:, slot], minlength=4).tolist()
+        start = 0
+        for i, n in enumerate(counts):
+            if n and active[i]:
+                op = JITTER_OPS[i]
+                xs[start:start + n] = _OPS[op](xs[start:start + n], params[op][chosen[start:start + n]])
+            start += n
+    out = x.clone()
+    out[chosen] = xs
     return out
 
 
@@ -445,15 +449,20 @@ def apply_view(images: torch.Tensor, params: Mapping[str, torch.Tensor], config:
     out_h, out_w = config.output_size(*x.shape[-2:])
     x = resized_crop(x, params["boxes"], (out_h, out_w), flip=params["flip"])
     x = color_jitter(x, params, config)
-    if config.grayscale_p > 0 and x.shape[1] == 3:
-        x = torch.where(params["grayscale"][:, None, None, None], rgb_to_grayscale(x).expand_as(x), x)
+    if config.grayscale_p > 0 and x.shape[1] == 3 and bool(params["grayscale"].any()):
+        weight = params["grayscale"].to(x.dtype).reshape(-1, 1, 1, 1)
+        x = x.lerp_(rgb_to_grayscale(x).expand_as(x), weight)  # weights 0/1: exact
     if config.blur_p > 0 and bool(params["blur"].any()):
         idx = torch.nonzero(params["blur"]).squeeze(1)
         x[idx] = gaussian_blur(x[idx], params["sigma"][idx], config.kernel_size(out_h, out_w))
     if config.solarize_p > 0:
         x = solarize(x, params["solarize"], config.solarize_threshold)
     if mean is not None and std is not None:
-        x = normalize(x, mean, std)
+        m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+        sd = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+        if m.shape[1] != x.shape[1] or sd.shape[1] != x.shape[1]:
+            raise InputError(f"normalize: mean/std have {m.shape[1]}/{sd.shape[1]} values for {x.shape[1]} channels")
+        x = x.sub_(m).div_(sd)  # x is a fresh tensor made by the crop: safe in place
     return x
 
 
