@@ -11,13 +11,6 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from data_writers import (
-    add_bytes,
-    use_checksum,
-    write_cifar10_archive,
-    write_cifar100_archive,
-    write_stl10_archive,
-)
 
 from collapselab._validation import InputError
 from collapselab.data import (
@@ -96,10 +89,10 @@ def test_default_data_dir_follows_the_environment_variable(monkeypatch, tmp_path
 
 # --- archive formats ------------------------------------------------------------------------------
 
-def test_cifar10_archive_is_verified_extracted_and_read(tmp_path, monkeypatch):
+def test_cifar10_archive_is_verified_extracted_and_read(tmp_path, monkeypatch, writers):
     archive = tmp_path / "cifar-10-python.tar.gz"
-    written = write_cifar10_archive(archive)
-    use_checksum(monkeypatch, "cifar10", archive.name, md5_file(archive))
+    written = writers.write_cifar10_archive(archive)
+    writers.use_checksum(monkeypatch, "cifar10", archive.name, md5_file(archive))
     train = get_dataset("cifar10", "train", data_dir=tmp_path)
     test = get_dataset("cifar10", "test", data_dir=tmp_path)
     assert train.images.shape == (10, 3, 32, 32) and test.images.shape == (2, 3, 32, 32)
@@ -110,23 +103,23 @@ def test_cifar10_archive_is_verified_extracted_and_read(tmp_path, monkeypatch):
     assert is_present("cifar10", tmp_path)
 
 
-def test_cifar100_reads_fine_labels(tmp_path, monkeypatch):
+def test_cifar100_reads_fine_labels(tmp_path, monkeypatch, writers):
     archive = tmp_path / "cifar-100-python.tar.gz"
-    written = write_cifar100_archive(archive)
-    use_checksum(monkeypatch, "cifar100", archive.name, md5_file(archive))
+    written = writers.write_cifar100_archive(archive)
+    writers.use_checksum(monkeypatch, "cifar100", archive.name, md5_file(archive))
     test = get_dataset("cifar100", "test", data_dir=tmp_path)
     assert np.array_equal(test.images.numpy(), written["test"][0].reshape(-1, 3, 32, 32))
     assert test.labels.tolist() == written["test"][1]
     assert len(test.classes) == 100
 
 
-def test_svhn_mat_is_transposed_to_nchw_and_label_10_means_digit_0(tmp_path, monkeypatch):
+def test_svhn_mat_is_transposed_to_nchw_and_label_10_means_digit_0(tmp_path, monkeypatch, writers):
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (32, 32, 3, 4), dtype=np.uint8)
     y = np.array([[10], [1], [9], [10]], dtype=np.uint8)
     path = tmp_path / "test_32x32.mat"
     scipy.io.savemat(path, {"X": x, "y": y})
-    use_checksum(monkeypatch, "svhn", path.name, md5_file(path))
+    writers.use_checksum(monkeypatch, "svhn", path.name, md5_file(path))
     test = get_dataset("svhn", "test", data_dir=tmp_path)
     assert test.labels.tolist() == [0, 1, 9, 0]
     assert np.array_equal(test.images[2].numpy(), x[:, :, :, 2].transpose(2, 0, 1))
@@ -138,10 +131,10 @@ def test_svhn_file_with_wrong_checksum_is_refused(tmp_path):
         get_dataset("svhn", "train", data_dir=tmp_path)
 
 
-def test_stl10_binary_is_read_column_major_with_labels_shifted_to_zero(tmp_path, monkeypatch):
+def test_stl10_binary_is_read_column_major_with_labels_shifted_to_zero(tmp_path, monkeypatch, writers):
     archive = tmp_path / "stl10_binary.tar.gz"
-    written = write_stl10_archive(archive)
-    use_checksum(monkeypatch, "stl10", archive.name, md5_file(archive))
+    written = writers.write_stl10_archive(archive)
+    writers.use_checksum(monkeypatch, "stl10", archive.name, md5_file(archive))
     for split in ("train", "test"):
         d = get_dataset("stl10", split, data_dir=tmp_path)
         x, y = written[split]
@@ -213,19 +206,19 @@ def test_npz_with_wrong_dtype_or_missing_file_is_a_clear_error(tmp_path):
 
 # --- integrity and safety -------------------------------------------------------------------------
 
-def test_corrupt_archive_fails_the_checksum_and_is_not_extracted(tmp_path):
-    write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz")  # not the official bytes
+def test_corrupt_archive_fails_the_checksum_and_is_not_extracted(tmp_path, writers):
+    writers.write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz")  # not the official bytes
     with pytest.raises(IntegrityError, match="c58f30108f718f92721af3b95e74349a"):
         get_dataset("cifar10", data_dir=tmp_path)
     assert not (tmp_path / "cifar-10-batches-py").exists()
 
 
 @pytest.mark.parametrize("member", ["../evil.txt", "ok/../../evil.txt", "/tmp/collapselab-evil.txt"])
-def test_archive_member_escaping_the_target_is_refused_and_nothing_is_written(tmp_path, member):
+def test_archive_member_escaping_the_target_is_refused_and_nothing_is_written(tmp_path, member, writers):
     archive = tmp_path / "bad.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
-        add_bytes(tar, "ok/good.txt", b"fine")
-        add_bytes(tar, member, b"evil")
+        writers.add_bytes(tar, "ok/good.txt", b"fine")
+        writers.add_bytes(tar, member, b"evil")
     dest = tmp_path / "out"
     with pytest.raises(InputError, match="refusing to extract"):
         extract_archive(archive, dest)
@@ -244,10 +237,10 @@ def test_archive_with_a_symlink_member_is_refused(tmp_path):
         extract_archive(archive, tmp_path / "out")
 
 
-def test_interrupted_extraction_leaves_nothing_that_counts_as_present(tmp_path, monkeypatch):
+def test_interrupted_extraction_leaves_nothing_that_counts_as_present(tmp_path, monkeypatch, writers):
     archive = tmp_path / "cifar-10-python.tar.gz"
-    write_cifar10_archive(archive)
-    use_checksum(monkeypatch, "cifar10", archive.name, md5_file(archive))
+    writers.write_cifar10_archive(archive)
+    writers.use_checksum(monkeypatch, "cifar10", archive.name, md5_file(archive))
 
     def boom(self, *args, **kwargs):
         raise OSError("disk full")
@@ -272,24 +265,24 @@ def test_pickle_with_code_is_refused(tmp_path):
         ds._load_pickle(folder / "evil")
 
 
-def test_download_verifies_md5_and_renames_only_a_good_file(tmp_path, monkeypatch):
+def test_download_verifies_md5_and_renames_only_a_good_file(tmp_path, monkeypatch, writers):
     source = tmp_path / "src" / "cifar-10-python.tar.gz"
     source.parent.mkdir()
-    write_cifar10_archive(source)
+    writers.write_cifar10_archive(source)
     data_dir = tmp_path / "data"
     # wrong published checksum: nothing is kept, no partial file
-    use_checksum(monkeypatch, "cifar10", source.name, "0" * 32, url=source.as_uri())
+    writers.use_checksum(monkeypatch, "cifar10", source.name, "0" * 32, url=source.as_uri())
     with pytest.raises(IntegrityError):
         get_dataset("cifar10", data_dir=data_dir, download=True)
     assert list(data_dir.iterdir()) == []
     # right checksum: downloaded, extracted, readable
-    use_checksum(monkeypatch, "cifar10", source.name, md5_file(source), url=source.as_uri())
+    writers.use_checksum(monkeypatch, "cifar10", source.name, md5_file(source), url=source.as_uri())
     d = get_dataset("cifar10", "test", data_dir=data_dir, download=True)
     assert len(d) == 2 and (data_dir / source.name).exists()
 
 
-def test_unreachable_url_says_where_to_place_the_file(tmp_path, monkeypatch):
-    use_checksum(monkeypatch, "cifar10", "cifar-10-python.tar.gz", "0" * 32,
+def test_unreachable_url_says_where_to_place_the_file(tmp_path, monkeypatch, writers):
+    writers.use_checksum(monkeypatch, "cifar10", "cifar-10-python.tar.gz", "0" * 32,
                  url=(tmp_path / "nowhere.tar.gz").as_uri())
     with pytest.raises(FileNotFoundError, match="place it at"):
         get_dataset("cifar10", data_dir=tmp_path / "d", download=True)

@@ -72,3 +72,13 @@ def use_checksum(monkeypatch: pytest.MonkeyPatch, name: str, filename: str, md5:
     spec = ds.DATASETS[name]
     files = tuple(replace(f, md5=md5, url=url or f.url) if f.filename == filename else f for f in spec.files)
     monkeypatch.setitem(ds.DATASETS, name, replace(spec, files=files))
+
+
+@pytest.fixture
+def writers():
+    """The writers above, as a fixture (works under any pytest import mode)."""
+    import types
+
+    return types.SimpleNamespace(
+        add_bytes=add_bytes, use_checksum=use_checksum, write_cifar10_archive=write_cifar10_archive,
+        write_cifar100_archive=write_cifar100_archive, write_stl10_archive=write_stl10_archive)
