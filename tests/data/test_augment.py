@@ -287,3 +287,11 @@ def test_unknown_config_key_suggests_the_closest():
 def test_out_of_range_settings_are_refused(bad):
     with pytest.raises(InputError):
         build_augment("simclr", **bad)
+
+
+def test_channel_stats_match_numpy_mean_and_std():
+    x = torch.randint(0, 256, (50, 3, 4, 5), dtype=torch.uint8)
+    mean, std = A.channel_stats(x, chunk=7)
+    arr = x.double().numpy() / 255
+    np.testing.assert_allclose(mean, arr.mean(axis=(0, 2, 3)), atol=1e-9)
+    np.testing.assert_allclose(std, arr.std(axis=(0, 2, 3)), atol=1e-9)

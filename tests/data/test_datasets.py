@@ -291,3 +291,14 @@ def test_unreachable_url_says_where_to_place_the_file(tmp_path, monkeypatch, wri
 def test_image_dataset_rejects_wrong_dtype():
     with pytest.raises(InputError, match="uint8"):
         ds.ImageDataset("x", "train", torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.int64))
+
+
+def test_re_extraction_replaces_an_incomplete_folder(tmp_path, writers):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    writers.write_cifar10_archive(archive)
+    stale = tmp_path / "cifar-10-batches-py"
+    stale.mkdir()
+    (stale / "data_batch_1").write_bytes(b"truncated")
+    extract_archive(archive, tmp_path)
+    assert (stale / "test_batch").exists() and (stale / "data_batch_1").stat().st_size > 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]

@@ -87,3 +87,20 @@ def test_bad_loader_arguments_raise_clear_errors():
         DeviceLoader(images.float(), 2)
     with pytest.raises(InputError, match="labels"):
         DeviceLoader(images, 2, labels=labels[:5])
+
+
+def test_loader_streams_an_image_folder_that_does_not_fit_in_memory(tmp_path):
+    from PIL import Image
+
+    from collapselab.data import load_imagefolder
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for k in range(3):
+            Image.new("L", (4, 4), color=10 * k + (100 if cls == "b" else 0)).save(tmp_path / cls / f"{k}.png")
+    streamed = load_imagefolder(tmp_path, max_memory_bytes=0)
+    batches = list(DeviceLoader(streamed, 2, seed=0))
+    assert len(batches) == 3
+    for x, y in batches:
+        assert x.dtype == torch.uint8 and x.shape == (2, 1, 4, 4)
+        assert torch.equal((x[:, 0, 0, 0] >= 100).long(), y)

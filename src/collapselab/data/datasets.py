@@ -250,7 +250,8 @@ def extract_archive(archive: str | Path, dest_dir: str | Path, md5: str | None =
     Verifies ``md5`` first if given. Every member is checked before anything is written: absolute
     paths, ``..`` components, links and special files raise :class:`InputError`. Members are
     unpacked into a temporary folder inside ``dest_dir``; each top-level entry is then renamed
-    into place (replacing an incomplete earlier copy). Returns the top-level paths created.
+    into place (an earlier copy is swapped out, then deleted). Returns the top-level paths
+    created. With several processes (DDP), prepare the data on one rank before the others read.
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
     if md5 is not None:
@@ -275,11 +276,17 @@ def extract_archive(archive: str | Path, dest_dir: str | Path, md5: str | None =
             created = []
             for top in sorted(tops):
                 target = dest_dir / top
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                elif target.exists() or target.is_symlink():
-                    target.unlink()
+                old = None
+                if target.exists() or target.is_symlink():
+                    # swap rather than delete first: the path never points at a missing folder
+                    old = dest_dir / f".old-{top}-{os.getpid()}"
+                    os.replace(target, old)
                 os.replace(tmp / top, target)
+                if old is not None:
+                    if old.is_dir() and not old.is_symlink():
+                        shutil.rmtree(old, ignore_errors=True)
+                    else:
+                        old.unlink(missing_ok=True)
                 created.append(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
