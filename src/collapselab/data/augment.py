@@ -402,18 +402,39 @@ def sample_view_params(batch: int, height: int, width: int, config: ViewConfig,
     return p
 
 
-_IDENTITY = {"brightness": 1.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.0}
-_OPS = {"brightness": adjust_brightness, "contrast": adjust_contrast,
-        "saturation": adjust_saturation, "hue": adjust_hue}
+def _brightness_(x: torch.Tensor, factor: torch.Tensor) -> None:
+    x.mul_(_per_sample(factor)).clamp_(0.0, 1.0)
 
 
-def color_jitter(x: torch.Tensor, params: Mapping[str, torch.Tensor], config: ViewConfig) -> torch.Tensor:
+def _contrast_(x: torch.Tensor, factor: torch.Tensor) -> None:
+    f = _per_sample(factor).to(x.dtype)
+    mean = rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    x.mul_(f).add_(mean.mul_(1 - f)).clamp_(0.0, 1.0)
+
+
+def _saturation_(x: torch.Tensor, factor: torch.Tensor) -> None:
+    f = _per_sample(factor).to(x.dtype)
+    gray = rgb_to_grayscale(x).mul_(1 - f)
+    x.mul_(f).add_(gray).clamp_(0.0, 1.0)
+
+
+def _hue_(x: torch.Tensor, shift: torch.Tensor) -> None:
+    x.copy_(adjust_hue(x, shift))
+
+
+# in-place versions of the public adjust_* functions (same formulas), for slices we own
+_OPS_ = {"brightness": _brightness_, "contrast": _contrast_, "saturation": _saturation_, "hue": _hue_}
+
+
+def color_jitter(x: torch.Tensor, params: Mapping[str, torch.Tensor], config: ViewConfig,
+                 inplace: bool = False) -> torch.Tensor:
     """Apply brightness/contrast/saturation/hue to the images with ``params["jitter"]`` set, each
     image in its own ``params["order"]``; an operation whose strength is 0 is skipped.
 
     Batched slot by slot: before slot k the jittered images are permuted so that those whose
     k-th operation is the same lie in one contiguous slice; each operation then runs once per
-    slot on its slice, and the batch is put back in order at the end.
+    slot on its slice, and the batch is put back in order at the end. ``inplace=True`` writes
+    the result into ``x`` (which must not be needed afterwards).
     """
     active = [float(getattr(config, op)) > 0 and not (op in ("saturation", "hue") and x.shape[1] == 1)
               for op in JITTER_OPS]
@@ -431,9 +452,9 @@ def color_jitter(x: torch.Tensor, params: Mapping[str, torch.Tensor], config: Vi
         for i, n in enumerate(counts):
             if n and active[i]:
                 op = JITTER_OPS[i]
-                xs[start:start + n] = _OPS[op](xs[start:start + n], params[op][chosen[start:start + n]])
+                _OPS_[op](xs[start:start + n], params[op][chosen[start:start + n]])
             start += n
-    out = x.clone()
+    out = x if inplace else x.clone()
     out[chosen] = xs
     return out
 
@@ -448,7 +469,7 @@ def apply_view(images: torch.Tensor, params: Mapping[str, torch.Tensor], config:
     x = to_float_images(images)
     out_h, out_w = config.output_size(*x.shape[-2:])
     x = resized_crop(x, params["boxes"], (out_h, out_w), flip=params["flip"])
-    x = color_jitter(x, params, config)
+    x = color_jitter(x, params, config, inplace=True)  # x is the crop's fresh output
     if config.grayscale_p > 0 and x.shape[1] == 3 and bool(params["grayscale"].any()):
         weight = params["grayscale"].to(x.dtype).reshape(-1, 1, 1, 1)
         x = x.lerp_(rgb_to_grayscale(x).expand_as(x), weight)  # weights 0/1: exact
