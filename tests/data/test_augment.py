@@ -268,11 +268,17 @@ def test_grayscale_images_pass_through_every_recipe():
     (torch.zeros(2, 3, 8, 8, dtype=torch.int64), "uint8"),
     (torch.zeros(3, 8, 8, dtype=torch.uint8), "batch axis"),
     (torch.zeros(2, 8, 8, 3, dtype=torch.uint8), "channels-last"),
-    (np.zeros((2, 3, 8, 8), dtype=np.uint8), "torch.Tensor"),
+    ([[[[0]]]], "torch.Tensor"),
 ])
 def test_bad_images_raise_clear_errors(images, match):
     with pytest.raises(InputError, match=match):
         build_augment("simclr")(images)
+
+
+def test_numpy_batches_are_accepted_at_the_edge():
+    x = np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    views = build_augment("simclr")(x, torch.Generator().manual_seed(0))
+    assert all(isinstance(v, torch.Tensor) and v.shape == (2, 3, 8, 8) for v in views)
 
 
 def test_unknown_config_key_suggests_the_closest():

@@ -302,3 +302,16 @@ def test_re_extraction_replaces_an_incomplete_folder(tmp_path, writers):
     extract_archive(archive, tmp_path)
     assert (stale / "test_batch").exists() and (stale / "data_batch_1").stat().st_size > 100
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+
+
+def test_verified_stamp_does_not_hide_a_file_changed_later(tmp_path, monkeypatch, writers):
+    path = tmp_path / "test_32x32.mat"
+    scipy.io.savemat(path, {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.ones((2, 1))})
+    writers.use_checksum(monkeypatch, "svhn", path.name, md5_file(path))
+    get_dataset("svhn", "test", data_dir=tmp_path)
+    assert (tmp_path / "test_32x32.mat.md5-verified").exists()
+    get_dataset("svhn", "test", data_dir=tmp_path)  # trusted via the stamp
+    scipy.io.savemat(path, {"X": np.ones((32, 32, 3, 2), np.uint8), "y": np.ones((2, 1))})
+    os.utime(path, ns=(0, 1))  # a new mtime, as any rewrite gives
+    with pytest.raises(IntegrityError):
+        get_dataset("svhn", "test", data_dir=tmp_path)

@@ -38,9 +38,10 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,7 +55,11 @@ JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 
 
 def to_float_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
-    """Validate a batch (B, C, H, W) and return float32 in [0, 1] (uint8 is divided by 255)."""
+    """Validate a batch (B, C, H, W) and return float32 in [0, 1] (uint8 is divided by 255).
+
+    A NumPy array is accepted and converted (on the CPU)."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
     if not isinstance(images, torch.Tensor):
         raise InputError(f"{name}: expected a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
     if images.ndim != 4:
@@ -522,7 +527,6 @@ class MultiViewAugment:
     groups: list[ViewGroup]
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    _extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def num_views(self) -> int:

@@ -305,8 +305,13 @@ def _ensure_verified(path: Path, md5: str) -> None:
     if stamp.exists() and stamp.read_text().strip() == key:
         return
     verify_md5(path, md5)
+    _write_stamp(path, md5)
+
+
+def _write_stamp(path: Path, md5: str) -> None:
+    stat = path.stat()
     try:
-        stamp.write_text(key + "\n")
+        _verified_stamp(path).write_text(f"{md5} {stat.st_size} {stat.st_mtime_ns}\n")
     except OSError:
         pass  # a read-only data folder: verify again next time
 
@@ -338,8 +343,7 @@ def prepare(name: str, split: str = "train", data_dir: str | Path | None = None,
                 if not download:
                     raise _missing_error(spec, split, root, remote)
                 download_file(remote.url, local, remote.md5)
-                _verified_stamp(local).write_text(
-                    f"{remote.md5} {local.stat().st_size} {local.stat().st_mtime_ns}\n")
+                _write_stamp(local, remote.md5)
     if not _present(spec, split, root):
         missing = [p for p in spec.required.get(split, ()) if not (root / p).exists()]
         raise FileNotFoundError(
