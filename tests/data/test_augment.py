@@ -301,3 +301,12 @@ def test_channel_stats_match_numpy_mean_and_std():
     arr = x.double().numpy() / 255
     np.testing.assert_allclose(mean, arr.mean(axis=(0, 2, 3)), atol=1e-9)
     np.testing.assert_allclose(std, arr.std(axis=(0, 2, 3)), atol=1e-9)
+
+
+def test_recipe_accepts_an_omegaconf_config():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"recipe": "byol", "views": {"view2": {"crop_scale": [0.5, 1.0]}}})
+    aug = build_augment(cfg)
+    assert aug.groups[1].config.crop_scale == (0.5, 1.0)
+    assert aug.groups[1].config == ViewConfig(saturation=0.2, blur_p=0.1, solarize_p=0.2, crop_scale=(0.5, 1.0))

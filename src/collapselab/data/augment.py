@@ -566,7 +566,8 @@ def _unknown_key(key: str, valid: Sequence[str], where: str) -> InputError:
 
 
 def _as_pairs(d: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    """Plain values: sequences (YAML lists, OmegaConf ListConfig) become tuples."""
+    return {str(k): tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in d.items()}
 
 
 def build_augment(config: str | Mapping[str, Any] | None = "simclr", **overrides: Any) -> MultiViewAugment:

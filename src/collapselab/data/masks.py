@@ -21,6 +21,7 @@ first patches in raster order, so the indices stack into one tensor.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -54,13 +55,14 @@ class MaskConfig:
                              f"{self.num_context}, {self.num_targets}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> MaskConfig:
-        """Build from a plain dict (YAML); lists become tuples, unknown keys raise."""
+    def from_dict(cls, d: Mapping) -> MaskConfig:
+        """Build from a plain dict or OmegaConf config (YAML); lists become tuples, unknown keys raise."""
         valid = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - valid)
         if unknown:
             raise InputError(f"masks: unknown key(s) {unknown}; valid keys: {sorted(valid)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return cls(**{str(k): tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
+                      for k, v in d.items()})
 
 
 @dataclass
