@@ -77,3 +77,17 @@ def test_impossible_settings_raise_clear_errors():
         MaskConfig.from_dict({"pred_mask_scale": [0.1, 0.2]})
     assert MaskConfig.from_dict({"target_scale": [0.1, 0.2]}).target_scale == (0.1, 0.2)
     assert math.isclose(MaskConfig().context_scale[0], 0.85)
+
+
+def test_select_patches_picks_the_indexed_tokens():
+    from collapselab.data.masks import select_patches
+
+    tokens = torch.arange(2 * 9 * 2, dtype=torch.float32).reshape(2, 9, 2)
+    m = sample_block_masks(2, 3, MaskConfig(min_keep=1, num_targets=2, target_scale=(0.2, 0.3)),
+                           torch.Generator().manual_seed(0))
+    picked = select_patches(tokens, m.targets)
+    for b in range(2):
+        for j in range(2):
+            assert torch.equal(picked[b, j], tokens[b, m.targets[b, j]])
+    with pytest.raises(InputError, match="select_patches"):
+        select_patches(tokens[0], m.targets)

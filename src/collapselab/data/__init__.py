@@ -42,7 +42,7 @@ from collapselab.data.datasets import (
     prepare,
 )
 from collapselab.data.loader import DeviceLoader, shard_indices
-from collapselab.data.masks import BlockMasks, MaskConfig, sample_block_masks
+from collapselab.data.masks import BlockMasks, MaskConfig, sample_block_masks, select_patches
 
 __all__ = [
     "DATASETS",
@@ -72,5 +72,6 @@ __all__ = [
     "md5_file",
     "prepare",
     "sample_block_masks",
+    "select_patches",
     "shard_indices",
 ]

@@ -170,4 +170,18 @@ def sample_block_masks(batch_size: int, grid: int | tuple[int, int], config: Mas
     return BlockMasks(context, targets, truncated, target_mask, grid, t_size, c_size)
 
 
-__all__ = ["BlockMasks", "MaskConfig", "block_size", "sample_block_masks"]
+def select_patches(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Pick patch tokens by index: ``tokens`` (B, P, D), ``indices`` (B, n, K) → (B, n, K, D).
+
+    ``out[b, j, k] = tokens[b, indices[b, j, k]]``: e.g. the context tokens fed to the I-JEPA
+    encoder, or the target tokens the predictor must match.
+    """
+    if tokens.ndim != 3 or indices.ndim != 3 or tokens.shape[0] != indices.shape[0]:
+        raise InputError(f"select_patches: expected tokens (B, P, D) and indices (B, n, K) with the same B, "
+                         f"got {tuple(tokens.shape)} and {tuple(indices.shape)}")
+    b, n, k = indices.shape
+    idx = indices.reshape(b, n * k, 1).expand(b, n * k, tokens.shape[-1])
+    return tokens.gather(1, idx).reshape(b, n, k, tokens.shape[-1])
+
+
+__all__ = ["BlockMasks", "MaskConfig", "block_size", "sample_block_masks", "select_patches"]
