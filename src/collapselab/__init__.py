@@ -7,4 +7,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+from collapselab.diagnostics import CollapseMonitor, Diagnosis, diagnose
+
+__all__ = ["CollapseMonitor", "Diagnosis", "__version__", "diagnose"]

@@ -14,7 +14,10 @@ from collections.abc import Sequence
 
 from collapselab import __version__
 
-COMMAND_MODULES: tuple[str, ...] = ("collapselab.commands.datasets",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "collapselab.commands.diagnose",
+    "collapselab.commands.datasets",
+)
 
 EXIT_OK = 0
 EXIT_ALARM = 1  # the command ran, and found what --fail-on asked it to report

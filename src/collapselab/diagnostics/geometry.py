@@ -1,0 +1,131 @@
+"""Geometric measurements of collapse (science.md §1, §3; Wang & Isola, ICML 2020; SimSiam).
+
+Inputs are (N, D) embeddings as tensors or ndarrays; computation is float64 on the input's
+device; results are Python floats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from collapselab._validation import ArrayLike, InputError, as_float64_matrix, check_same_shape
+
+NORM_EPS = 1e-12
+"""Rows are divided by max(‖z‖, NORM_EPS): an all-zero row stays zero (as F.normalize does)."""
+
+PAIRWISE_CHUNK = 2048
+"""Rows per block when forming pairwise distances, bounding memory at CHUNK × N floats."""
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their Euclidean norm (zero rows stay zero)."""
+    return x / x.norm(dim=1, keepdim=True).clamp_min(NORM_EPS)
+
+
+def alignment(z: ArrayLike, z_positive: ArrayLike, alpha: float = 2.0) -> float:
+    """Alignment E_{pos pairs} ‖f(x) − f(x⁺)‖₂^α of L2-normalised embeddings (Wang & Isola 2020, Eq. 4).
+
+    Row i of ``z`` and row i of ``z_positive`` form a positive pair (two views of one input).
+    0 for perfectly invariant embeddings, at most 2^α.
+    """
+    if alpha <= 0:
+        raise InputError(f"alignment: alpha must be > 0, got {alpha}")
+    a = as_float64_matrix(z, "z", min_samples=1)
+    b = as_float64_matrix(z_positive, "views", min_samples=1)
+    check_same_shape(a, b, "z", "views")
+    dist = (l2_normalize(a) - l2_normalize(b)).norm(dim=1)
+    return float(dist.pow(alpha).mean())
+
+
+def uniformity(z: ArrayLike, t: float = 2.0) -> float:
+    """Uniformity log E_{i<j} exp(−t ‖f(x_i) − f(x_j)‖²) of L2-normalised rows (Wang & Isola 2020, Eq. 5).
+
+    Averaged over the N(N−1)/2 distinct pairs (the diagonal is excluded), evaluated with a
+    log-sum-exp in row blocks so memory stays O(PAIRWISE_CHUNK · N). 0 at complete collapse;
+    more negative means more uniform. Bounded below by −2t·N/(N − 1) (Jensen, with
+    Σ_{i<j}‖u_i − u_j‖² ≤ N²); isotropic points in high dimension approach −2t.
+    """
+    if t <= 0:
+        raise InputError(f"uniformity: t must be > 0, got {t}")
+    u = l2_normalize(as_float64_matrix(z))
+    n = u.shape[0]
+    # the mean over pairs i < j equals the mean over ordered pairs i != j (d_ij = d_ji)
+    logsums = []
+    for start in range(0, n, PAIRWISE_CHUNK):
+        block = u[start : start + PAIRWISE_CHUNK]
+        sq = (2.0 - 2.0 * block @ u.T).clamp_min(0.0)  # squared distances of unit vectors
+        logits = -t * sq
+        rows = torch.arange(len(block), device=u.device)
+        logits[rows, rows + start] = -math.inf
+        logsums.append(torch.logsumexp(logits.flatten(), dim=0))
+    return float(torch.logsumexp(torch.stack(logsums), dim=0)) - math.log(n * (n - 1))
+
+
+def mean_pairwise_cosine(z: ArrayLike) -> float:
+    """Mean cosine similarity over ordered pairs i ≠ j, exactly and in O(N·D).
+
+    With u_i = z_i/‖z_i‖: Σ_{i≠j} u_iᵀu_j = ‖Σ_i u_i‖² − Σ_i ‖u_i‖², divided by N(N − 1).
+    Near 1 at complete collapse — but also for non-negative (post-ReLU) features of a healthy or
+    random network, so it is reported, not used for a verdict (science.md §1).
+    """
+    u = l2_normalize(as_float64_matrix(z))
+    n = u.shape[0]
+    total = float(u.sum(dim=0).pow(2).sum()) - float(u.pow(2).sum())
+    return total / (n * (n - 1))
+
+
+def normalized_std(z: ArrayLike) -> float:
+    """SimSiam's collapse indicator: mean over dimensions of the batch std of z/‖z‖.
+
+    0 at complete collapse, ≈ 1/√D for an isotropic Gaussian (Chen & He 2021, §4.1). Uses the
+    unbiased (N − 1) standard deviation, as ``torch.std`` and lightly's ``std_of_l2_normalized``.
+    Not centred: non-negative features of a healthy network also give small values.
+    """
+    u = l2_normalize(as_float64_matrix(z))
+    return float(u.std(dim=0).mean())
+
+
+def collapse_level(z: ArrayLike) -> float:
+    """lightly's collapse level max(0, 1 − √D · normalized_std): 0 when spread, 1 at collapse."""
+    x = as_float64_matrix(z)
+    return max(0.0, 1.0 - math.sqrt(x.shape[1]) * normalized_std(x))
+
+
+def relative_variance(z: ArrayLike) -> float:
+    """Centred spread relative to the feature norm: tr Σ / E‖z‖² ∈ [0, 1].
+
+    The fraction of the embeddings' second moment that varies across samples. 0 at complete
+    collapse (every row the same vector, wherever it is); 1 for zero-mean embeddings. Unlike
+    raw cosines it is not fooled by a common offset such as the positive mean of ReLU features
+    (science.md §1, "Calibrating verdicts"). Returns 0.0 when all embeddings are zero.
+    """
+    x = as_float64_matrix(z)
+    second_moment = float(x.pow(2).sum(dim=1).mean())
+    if second_moment == 0.0:
+        return 0.0
+    variance = float((x - x.mean(dim=0, keepdim=True)).pow(2).sum(dim=1).mean())
+    return min(1.0, variance / second_moment)
+
+
+def directional_variance(z: ArrayLike) -> float:
+    """Spread of the directions: tr Cov(u) = 1 − ‖mean_i u_i‖² for u_i = z_i/‖z_i‖, in [0, 1].
+
+    0 when every embedding points the same way (whatever their norms): for a cosine-based loss,
+    a kNN probe or a normalised projector such embeddings are one point. ≈ 1 for isotropic data.
+    Zero rows are left out (they have no direction); 0.0 if every row is zero.
+    """
+    x = as_float64_matrix(z)
+    norms = x.norm(dim=1)
+    u = x[norms > 0] / norms[norms > 0, None]
+    if len(u) == 0:
+        return 0.0
+    return max(0.0, 1.0 - float(u.mean(dim=0).pow(2).sum()))
+
+
+def total_variance(z: ArrayLike) -> float:
+    """Absolute spread tr Σ = E‖z − z̄‖² (biased). Track its trend: a shrinking embedding keeps
+    scale-invariant measures flat while tr Σ falls by orders of magnitude (science.md §1)."""
+    x = as_float64_matrix(z)
+    return float((x - x.mean(dim=0, keepdim=True)).pow(2).sum(dim=1).mean())

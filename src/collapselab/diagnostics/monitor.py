@@ -1,0 +1,191 @@
+"""``CollapseMonitor``: diagnostics during training, a history per metric, and alarms.
+
+The monitor only reads the tensors it is handed (design.md: data travels forward only). The
+trainer calls :meth:`CollapseMonitor.update` every ``every`` steps with named embeddings
+(e.g. ``{"repr": backbone_features, "emb": projector_output}``) of a fixed probe batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from collapselab._validation import ArrayLike, InputError
+from collapselab.diagnostics.verdict import LEVELS, MODES, NOT_APPLICABLE, Diagnosis, diagnose
+
+TREND_METRICS = {"dimensional": "effective_rank", "complete": "total_variance"}
+"""Metrics whose steady fall raises a warning before their level crosses a threshold."""
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """A collapse mode of one named embedding got worse at ``step``."""
+
+    step: int
+    name: str
+    mode: str
+    level: str
+    previous: str
+    reason: str
+    first_unhealthy_step: int
+
+    def __str__(self) -> str:
+        return (
+            f"step {self.step}: {self.mode} collapse {self.level.upper()} in '{self.name}' "
+            f"(was {self.previous}; first left healthy at step {self.first_unhealthy_step}): {self.reason}"
+        )
+
+
+def falling_trend(values: list[float], window: int, drop: float) -> bool:
+    """True if each of the last ``window`` values is below the one before it and the last is more
+    than ``drop`` (a fraction) below the value ``window`` checks earlier."""
+    if len(values) < window + 1:
+        return False
+    recent = values[-(window + 1) :]
+    if not all(math.isfinite(v) for v in recent):
+        return False
+    steady = all(b < a for a, b in itertools.pairwise(recent))
+    return steady and recent[-1] < (1.0 - drop) * recent[0]
+
+
+class CollapseMonitor:
+    """Diagnose named embeddings during training, keep their history and raise alarms.
+
+    Args:
+        every: ``should_run(step)`` is true every ``every`` steps (the trainer asks it).
+        use_reference: judge each name relative to its first observation (normally the network at
+            initialisation): dimensional and complete verdicts then follow the effective rank and
+            tr Σ relative to where they started, which is what the data and architecture allow.
+        trend_window, trend_drop: a steady fall of ``effective_rank`` or ``total_variance`` over
+            ``trend_window`` checks by more than ``trend_drop`` (fraction) raises a warning even
+            while the level is still above the thresholds.
+        max_pairwise_samples: passed to :func:`diagnose` (uniformity subsample).
+
+    ``history[name][metric]`` lists values aligned with ``steps[name]``; ``levels[name][mode]``
+    the verdicts; ``first_unhealthy[name][mode]`` the step at which a mode first left "healthy";
+    ``alarms`` every alarm raised, in order.
+    """
+
+    def __init__(
+        self,
+        *,
+        every: int = 1,
+        use_reference: bool = True,
+        trend_window: int = 5,
+        trend_drop: float = 0.5,
+        max_pairwise_samples: int = 1024,
+    ) -> None:
+        if every < 1:
+            raise InputError(f"CollapseMonitor: every must be >= 1, got {every}")
+        if trend_window < 2 or not 0.0 < trend_drop < 1.0:
+            raise InputError("CollapseMonitor: need trend_window >= 2 and 0 < trend_drop < 1")
+        self.every = every
+        self.use_reference = use_reference
+        self.trend_window = trend_window
+        self.trend_drop = trend_drop
+        self.max_pairwise_samples = max_pairwise_samples
+        self.steps: dict[str, list[int]] = {}
+        self.history: dict[str, dict[str, list[float]]] = {}
+        self.levels: dict[str, dict[str, list[str]]] = {}
+        self.references: dict[str, dict[str, float]] = {}
+        self.first_unhealthy: dict[str, dict[str, int]] = {}
+        self.latest: dict[str, Diagnosis] = {}
+        self.alarms: list[Alarm] = []
+
+    def should_run(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def update(
+        self,
+        step: int,
+        embeddings: Mapping[str, ArrayLike],
+        *,
+        views: Mapping[str, ArrayLike] | None = None,
+        codes: ArrayLike | None = None,
+        labels: ArrayLike | None = None,
+    ) -> list[Alarm]:
+        """Diagnose each named embedding at ``step``; return the alarms this update raised.
+
+        ``views`` maps a name to a second view of the same inputs; ``codes`` and ``labels`` apply
+        to every name. Steps must increase.
+        """
+        if not embeddings:
+            raise InputError("CollapseMonitor.update: no embeddings given")
+        new: list[Alarm] = []
+        for name, z in embeddings.items():
+            seen = self.steps.get(name, [])
+            if seen and step <= seen[-1]:
+                raise InputError(
+                    f"CollapseMonitor.update: step {step} for '{name}' is not after {seen[-1]}"
+                )
+            reference = self.references.get(name) if self.use_reference else None
+            diag = diagnose(
+                z,
+                views=None if views is None else views.get(name),
+                codes=codes,
+                labels=labels,
+                reference=reference,
+                max_pairwise_samples=self.max_pairwise_samples,
+            )
+            if self.use_reference and name not in self.references:
+                self.references[name] = dict(diag.metrics)
+            self._record(step, name, diag)
+            new.extend(self._check(step, name, diag))
+        self.alarms.extend(new)
+        return new
+
+    def _record(self, step: int, name: str, diag: Diagnosis) -> None:
+        self.steps.setdefault(name, []).append(step)
+        hist = self.history.setdefault(name, {})
+        count = len(self.steps[name])
+        for key, value in diag.metrics.items():
+            # a metric that appears late (e.g. codes) is padded with NaN for earlier steps
+            hist.setdefault(key, [math.nan] * (count - 1)).append(value)
+        for values in hist.values():
+            if len(values) < count:
+                values.append(math.nan)
+
+    def _check(self, step: int, name: str, diag: Diagnosis) -> list[Alarm]:
+        levels = self.levels.setdefault(name, {mode: [] for mode in MODES})
+        firsts = self.first_unhealthy.setdefault(name, {})
+        alarms = []
+        for mode in MODES:
+            level, reason = diag.verdict[mode], diag.reasons.get(mode, "")
+            metric = TREND_METRICS.get(mode)
+            if level == "healthy" and metric is not None:
+                values = self.history[name][metric]
+                if falling_trend(values, self.trend_window, self.trend_drop):
+                    level = "warning"
+                    reason = (
+                        f"{metric} falling for {self.trend_window} checks: "
+                        f"{values[-self.trend_window - 1]:.4g} -> {values[-1]:.4g}"
+                    )
+                    diag.verdict[mode], diag.reasons[mode] = level, reason
+            previous = next(
+                (lv for lv in reversed(levels[mode]) if lv != NOT_APPLICABLE), "healthy"
+            )
+            levels[mode].append(level)
+            if level in ("warning", "collapsed"):
+                firsts.setdefault(mode, step)
+                if LEVELS.index(level) > LEVELS.index(previous):
+                    alarms.append(Alarm(step, name, mode, level, previous, reason, firsts[mode]))
+        self.latest[name] = diag
+        return alarms
+
+    @property
+    def worst(self) -> str:
+        """The most severe current level over every name and mode."""
+        current = [lv for d in self.latest.values() for lv in d.verdict.values() if lv in LEVELS]
+        return max(current, key=LEVELS.index, default="healthy")
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able summary: latest verdicts and metrics, first unhealthy steps, alarms."""
+        return {
+            "latest": {name: d.to_dict() for name, d in self.latest.items()},
+            "first_unhealthy": {k: dict(v) for k, v in self.first_unhealthy.items()},
+            "alarms": [asdict(a) for a in self.alarms],
+            "worst": self.worst,
+        }

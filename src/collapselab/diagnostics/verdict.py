@@ -1,0 +1,373 @@
+"""``diagnose``: every collapse measurement of an embedding set, and a verdict per collapse mode.
+
+The four modes (science.md §1) and the measurement each verdict rests on:
+
+=============  ==========================================================================
+complete       spread = min(tr Σ / E‖z‖², 1 − ‖mean z/‖z‖‖²): the centred spread relative to the
+               feature norm, of points or of directions; given a reference (the same network
+               at initialisation) its fall, and the fall of the absolute spread tr Σ
+dimensional    effective rank relative to min(D, N − 1), or to the reference's effective rank
+cluster        code-usage perplexity relative to min(c, N), and per-sample code entropy
+intracluster   within-cluster variance / total variance, for labels or argmax codes
+=============  ==========================================================================
+
+Thresholds are module constants, each with the reason for its value; they were calibrated on
+random-initialisation, healthy and genuinely collapsed embeddings of real networks (see
+``tests/diagnostics/test_calibration.py`` and docs/diagnostics.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from collapselab._validation import (
+    ArrayLike,
+    InputError,
+    as_float64_matrix,
+    as_tensor,
+    check_same_shape,
+)
+from collapselab.diagnostics import clusters, geometry, spectrum
+
+MODES = ("complete", "dimensional", "cluster", "intracluster")
+LEVELS = ("healthy", "warning", "collapsed")  # ordered by severity; "n/a" when not measurable
+NOT_APPLICABLE = "n/a"
+
+# --- complete collapse ----------------------------------------------------------------------
+# "spread" = min(relative_variance, directional_variance): how close the embeddings are to one
+# point (tr Σ / E‖z‖²) or to one ray (1 − ‖mean z/‖z‖‖²), which cosine-based losses cannot tell apart.
+COMPLETE_COLLAPSED_SPREAD = 1e-10
+"""Without a reference, "collapsed" needs spread below 1e-10 (std < 1e-5 of the norm): differences
+this small are within ~100x of float32 rounding, so no information can survive. Deep random ReLU
+nets reach 1e-8 at initialisation (12 layers, PyTorch default init), so a snapshot cannot say more."""
+COMPLETE_WARNING_SPREAD = 1e-3
+"""Std under ~3 % of the norm: a point or a ray, unless the network started there (compare with a
+reference). SimSiam without stop-gradient on digits: 6e-5; random 2-layer ReLU MLP: 0.17."""
+COMPLETE_COLLAPSED_VS_REFERENCE = 1e-2
+"""With a reference: spread fell by two orders of magnitude (SimSiam without stop-gradient: 3e-3)."""
+COMPLETE_WARNING_VS_REFERENCE = 1e-1
+"""With a reference: spread fell tenfold."""
+COMPLETE_COLLAPSED_SHRINK = 1e-4
+"""tr Σ below this fraction of the reference's: the embedding has shrunk to a point (4 orders)."""
+COMPLETE_WARNING_SHRINK = 1e-2
+"""tr Σ fell by two orders of magnitude from the reference: shrinking, although ranks look fine."""
+
+# --- dimensional collapse -------------------------------------------------------------------
+DIMENSIONAL_COLLAPSED_RATIO = 0.02
+"""Without a reference: effective rank under 2 % of the dimensions available, min(D, N − 1).
+Lenient because what the data and architecture allow is unknown: healthy backbone features on
+digits use 5–12 % of 256 dims; SimSiam without stop-gradient leaves 3 % of 64."""
+DIMENSIONAL_WARNING_RATIO = 0.05
+"""Without a reference: under 5 % of the available dimensions."""
+DIMENSIONAL_COLLAPSED_VS_REFERENCE = 0.15
+"""With a reference: effective rank fell below 15 % of its reference value (SimSiam without
+stop-gradient on digits: 0.10; healthy SimSiam: 0.39; VICReg: 0.53–0.84)."""
+DIMENSIONAL_WARNING_VS_REFERENCE = 0.3
+"""With a reference: effective rank fell below 30 % of its reference value."""
+DIMENSIONAL_COLLAPSED_ABSOLUTE = 1.5
+"""Fewer than 1.5 effective directions is collapse whatever the reference (when D ≥ 2)."""
+
+# --- cluster collapse -----------------------------------------------------------------------
+CLUSTER_COLLAPSED_PERPLEXITY_RATIO = 0.1
+"""Code perplexity below 10 % of min(c, N): nearly all samples share a few codes."""
+CLUSTER_WARNING_PERPLEXITY_RATIO = 0.3
+"""Below 30 %: most codes idle (uniform random use of c codes by N ≥ 3c samples scores > 0.9)."""
+CLUSTER_COLLAPSED_PERPLEXITY = 1.5
+"""Effectively one code in use."""
+CLUSTER_UNIFORM_SAMPLE_ENTROPY = 0.99
+"""Per-sample code entropy above 99 % of log c: every sample's distribution is ~uniform, so the
+codes carry no information (DINO's uniform collapse) even though argmax usage looks spread."""
+
+# --- intracluster collapse ------------------------------------------------------------------
+INTRACLUSTER_COLLAPSED_RATIO = 0.01
+"""Within-cluster variance under 1 % of the total: clusters have shrunk to points."""
+INTRACLUSTER_WARNING_RATIO = 0.05
+"""Under 5 %: little spread left inside clusters (neural-collapse territory)."""
+
+MAX_PAIRWISE_SAMPLES = 2048
+"""``uniformity`` is O(N²·D): ``diagnose`` evaluates it on this many rows (a seeded subsample)."""
+
+
+@dataclass
+class Diagnosis:
+    """Collapse measurements of one embedding set and a verdict per mode.
+
+    ``metrics``: name → float (NaN where undefined); ``verdict``: mode → "healthy" | "warning" |
+    "collapsed" | "n/a"; ``reasons``: mode → one sentence naming the metric behind the verdict.
+    """
+
+    metrics: dict[str, float]
+    verdict: dict[str, str]
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def worst(self) -> str:
+        """The most severe level over all modes ("healthy" if every mode is healthy or n/a)."""
+        levels = [v for v in self.verdict.values() if v in LEVELS]
+        return max(levels, key=LEVELS.index, default="healthy")
+
+    @property
+    def collapsed(self) -> bool:
+        """True if any mode is "collapsed"."""
+        return self.worst == "collapsed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (NaN/Inf become None)."""
+        metrics = {k: (v if math.isfinite(v) else None) for k, v in self.metrics.items()}
+        return {"metrics": metrics, "verdict": dict(self.verdict), "reasons": dict(self.reasons)}
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def __str__(self) -> str:
+        m = self.metrics
+        lines = [f"Collapse diagnosis: {int(m['n_samples'])} samples x {int(m['dim'])} dims"]
+        width = max(len(mode) for mode in MODES)
+        for mode in MODES:
+            lines.append(
+                f"  {mode:<{width}}  {self.verdict[mode]:<9}  {self.reasons.get(mode, '')}"
+            )
+        lines.append("  metrics:")
+        for key in _DISPLAY_ORDER:
+            if key in m:
+                lines.append(f"    {key:<26} {_fmt(m[key])}")
+        return "\n".join(lines)
+
+
+_DISPLAY_ORDER = (
+    "total_variance",
+    "relative_variance",
+    "directional_variance",
+    "spread",
+    "normalized_std",
+    "collapse_level",
+    "mean_pairwise_cosine",
+    "stable_rank",
+    "effective_rank",
+    "effective_rank_ratio",
+    "rankme",
+    "alpha_req",
+    "eigenvalue_log_ratio",
+    "components_90",
+    "uniformity",
+    "alignment",
+    "effective_rank_vs_reference",
+    "spread_vs_reference",
+    "total_variance_vs_reference",
+    "code_perplexity",
+    "code_used_fraction",
+    "code_sample_entropy_ratio",
+    "intracluster_ratio",
+    "intracluster_min_ratio",
+)
+
+
+def _fmt(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+        return f"{value:.3e}"
+    return f"{value:.4f}"
+
+
+def _worse(a: str, b: str) -> str:
+    return max(a, b, key=LEVELS.index)
+
+
+def _reference_metrics(
+    reference: Diagnosis | Mapping[str, float] | None,
+) -> Mapping[str, float] | None:
+    if reference is None:
+        return None
+    return reference.metrics if isinstance(reference, Diagnosis) else reference
+
+
+def complete_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
+    """Verdict on complete collapse from the spread (and, given a reference, its fall and tr Σ's)."""
+    spread = metrics["spread"]
+    reason = f"spread {_fmt(spread)} (centred variance / norm^2, or of directions)"
+    vs_ref = metrics.get("spread_vs_reference", math.nan)
+    shrink = metrics.get("total_variance_vs_reference", math.nan)
+    if spread < COMPLETE_COLLAPSED_SPREAD:
+        return "collapsed", reason
+    if math.isfinite(vs_ref):
+        reason += f", {_fmt(vs_ref)} x reference"
+        level = "healthy"
+        if vs_ref < COMPLETE_COLLAPSED_VS_REFERENCE:
+            level = "collapsed"
+        elif vs_ref < COMPLETE_WARNING_VS_REFERENCE:
+            level = "warning"
+        if math.isfinite(shrink):
+            reason += f"; tr(cov) {_fmt(shrink)} x reference"
+            if shrink < COMPLETE_COLLAPSED_SHRINK:
+                level = "collapsed"
+            elif shrink < COMPLETE_WARNING_SHRINK:
+                level = _worse(level, "warning")
+        return level, reason
+    if spread < COMPLETE_WARNING_SPREAD:
+        return "warning", reason + "; pass a reference (e.g. at initialisation) to tell collapse from where training started"
+    return "healthy", reason
+
+
+def dimensional_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
+    """Verdict on dimensional collapse from the effective rank (vs. available dims or reference)."""
+    dim, erank = metrics["dim"], metrics["effective_rank"]
+    available = metrics["available_dims"]
+    if dim < 2 or available < 2:
+        return NOT_APPLICABLE, "fewer than 2 dimensions available"
+    reason = f"effective rank {erank:.2f} of {int(available)} available dims"
+    vs_ref = metrics.get("effective_rank_vs_reference", math.nan)
+    if erank < DIMENSIONAL_COLLAPSED_ABSOLUTE:
+        return "collapsed", reason
+    if math.isfinite(vs_ref):
+        reason += f", {vs_ref:.2f} x reference"
+        if vs_ref < DIMENSIONAL_COLLAPSED_VS_REFERENCE:
+            return "collapsed", reason
+        if vs_ref < DIMENSIONAL_WARNING_VS_REFERENCE:
+            return "warning", reason
+        return "healthy", reason
+    ratio = metrics["effective_rank_ratio"]
+    if ratio < DIMENSIONAL_COLLAPSED_RATIO:
+        return "collapsed", reason
+    if ratio < DIMENSIONAL_WARNING_RATIO:
+        return "warning", reason
+    return "healthy", reason
+
+
+def cluster_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
+    """Verdict on cluster collapse from code usage; "n/a" without codes."""
+    if "code_perplexity" not in metrics:
+        return NOT_APPLICABLE, "no codes given"
+    perplexity, ratio = metrics["code_perplexity"], metrics["code_perplexity_ratio"]
+    most = metrics["code_max_perplexity"]
+    reason = f"code perplexity {perplexity:.2f} of at most {int(most)} ({int(metrics['code_used'])} codes used)"
+    uniform = metrics.get("code_sample_entropy_ratio", math.nan)
+    if math.isfinite(uniform) and uniform > CLUSTER_UNIFORM_SAMPLE_ENTROPY:
+        return "collapsed", f"per-sample code entropy {uniform:.3f} x log c: codes are uniform"
+    if most < 2:
+        return NOT_APPLICABLE, reason
+    if perplexity < CLUSTER_COLLAPSED_PERPLEXITY or ratio < CLUSTER_COLLAPSED_PERPLEXITY_RATIO:
+        return "collapsed", reason
+    if ratio < CLUSTER_WARNING_PERPLEXITY_RATIO:
+        return "warning", reason
+    return "healthy", reason
+
+
+def intracluster_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
+    """Verdict on intracluster collapse from the within/total variance ratio; "n/a" without clusters."""
+    if "intracluster_ratio" not in metrics or metrics["n_clusters"] < 2:
+        return NOT_APPLICABLE, "no labels or codes to define clusters"
+    ratio, smallest = metrics["intracluster_ratio"], metrics["intracluster_min_ratio"]
+    reason = f"within/total variance {_fmt(ratio)} over {int(metrics['n_clusters'])} clusters"
+    if ratio < INTRACLUSTER_COLLAPSED_RATIO:
+        return "collapsed", reason
+    if ratio < INTRACLUSTER_WARNING_RATIO:
+        return "warning", reason
+    if math.isfinite(smallest) and smallest < INTRACLUSTER_COLLAPSED_RATIO:
+        return "warning", reason + f"; one cluster at {_fmt(smallest)}"
+    return "healthy", reason
+
+
+def verdicts(metrics: Mapping[str, float]) -> tuple[dict[str, str], dict[str, str]]:
+    """Apply the four verdict rules to a metrics dict; returns (verdict, reasons)."""
+    verdict, reasons = {}, {}
+    for mode, rule in (
+        ("complete", complete_verdict),
+        ("dimensional", dimensional_verdict),
+        ("cluster", cluster_verdict),
+        ("intracluster", intracluster_verdict),
+    ):
+        verdict[mode], reasons[mode] = rule(metrics)
+    if verdict["complete"] == "collapsed":
+        # a point has rank 0 and no spread inside any cluster; what is left is noise
+        for mode in ("dimensional", "intracluster"):
+            if verdict[mode] != NOT_APPLICABLE:
+                verdict[mode], reasons[mode] = "collapsed", "implied by complete collapse (the spread left is noise)"
+    return verdict, reasons
+
+
+def _subsample(x: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
+    if x.shape[0] <= limit:
+        return x
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(x.shape[0], generator=gen)[:limit].to(x.device)
+    return x[idx]
+
+
+def diagnose(
+    z: ArrayLike,
+    *,
+    views: ArrayLike | None = None,
+    codes: ArrayLike | None = None,
+    labels: ArrayLike | None = None,
+    reference: Diagnosis | Mapping[str, float] | None = None,
+    max_pairwise_samples: int = MAX_PAIRWISE_SAMPLES,
+    seed: int = 0,
+) -> Diagnosis:
+    """Measure every collapse mode of the embeddings ``z`` (N, D) and give a verdict per mode.
+
+    Args:
+        z: embeddings, tensor or ndarray (N ≥ 2 rows).
+        views: a second view of the same N inputs (adds ``alignment``).
+        codes: (N,) code assignments or (N, c) code probabilities (cluster mode; their argmax
+            also defines clusters for the intracluster mode when ``labels`` is absent).
+        labels: (N,) cluster/class labels for the intracluster mode.
+        reference: a Diagnosis or metrics dict of a reference state, typically the same network
+            at initialisation; dimensional and complete verdicts are then judged relative to it.
+        max_pairwise_samples: rows (seeded subsample) used for the O(N²) uniformity.
+        seed: seed of that subsample.
+    """
+    x = as_float64_matrix(z, "z")
+    n, d = x.shape
+    metrics: dict[str, float] = {"n_samples": float(n), "dim": float(d)}
+    metrics["total_variance"] = geometry.total_variance(x)
+    metrics["relative_variance"] = geometry.relative_variance(x)
+    metrics["directional_variance"] = geometry.directional_variance(x)
+    metrics["spread"] = min(metrics["relative_variance"], metrics["directional_variance"])
+    metrics["normalized_std"] = geometry.normalized_std(x)
+    metrics["collapse_level"] = max(0.0, 1.0 - math.sqrt(d) * metrics["normalized_std"])
+    metrics["mean_pairwise_cosine"] = geometry.mean_pairwise_cosine(x)
+    metrics["mean_norm"] = float(x.norm(dim=1).mean())
+    metrics.update(spectrum.spectral_metrics(*spectrum.spectra(x)))
+    metrics["available_dims"] = float(min(d, n - 1))
+    metrics["effective_rank_ratio"] = metrics["effective_rank"] / metrics["available_dims"]
+    metrics["uniformity"] = geometry.uniformity(_subsample(x, max_pairwise_samples, seed))
+    if views is not None:
+        v = as_float64_matrix(views, "views")
+        check_same_shape(x, v, "z", "views")
+        metrics["alignment"] = geometry.alignment(x, v)
+
+    cluster_labels = None
+    if codes is not None:
+        usage = clusters.code_usage(codes)
+        code_tensor = as_tensor(codes, "codes")
+        if code_tensor.shape[0] != n:
+            raise InputError(f"codes: expected {n} rows to match z, got {code_tensor.shape[0]}")
+        metrics.update(usage)
+        cluster_labels = code_tensor.argmax(dim=1) if code_tensor.ndim == 2 else code_tensor
+    if labels is not None:
+        cluster_labels = labels
+    if cluster_labels is not None:
+        metrics.update(clusters.intracluster_spread(x, cluster_labels))
+
+    ref = _reference_metrics(reference)
+    if ref is not None:
+        if ref.get("effective_rank", 0.0) > 0:
+            metrics["effective_rank_vs_reference"] = (
+                metrics["effective_rank"] / ref["effective_rank"]
+            )
+        if ref.get("spread", 0.0) > 0:
+            metrics["spread_vs_reference"] = metrics["spread"] / ref["spread"]
+        if ref.get("total_variance", 0.0) > 0:
+            metrics["total_variance_vs_reference"] = (
+                metrics["total_variance"] / ref["total_variance"]
+            )
+
+    verdict, reasons = verdicts(metrics)
+    return Diagnosis(metrics=metrics, verdict=verdict, reasons=reasons)
