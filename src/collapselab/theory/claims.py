@@ -1,0 +1,855 @@
+"""The claims ledger: each published statement about collapse as a runnable, falsifiable check.
+
+A :class:`Claim` has an id, a source, a statement and a check. The check computes *predicted*
+values (from the theory's formula) and *measured* values (from an independent computation:
+integration, sampling, autograd, a library function) and returns them as :class:`Comparison`
+rows with a tolerance; the claim passes when every row does. Every check also takes
+``counterfactual=True``, which swaps in a plausible *wrong* prediction (documented in
+``Claim.counterfactual``) — the test suite asserts that this makes the claim fail, so no check is
+vacuous.
+
+Add a claim (e.g. a training-level one in a later module) with the decorator::
+
+    from collapselab.theory.claims import Comparison, claim
+
+    @claim("simsiam-no-predictor-collapses", source="Chen & He 2021, Table 1",
+           statement="SimSiam without predictor collapses on digits.",
+           counterfactual="predicts a stable rank above 10")
+    def _check(counterfactual: bool) -> list[Comparison]:
+        measured = ...                         # run something
+        bound = 10.0 if counterfactual else 2.0
+        return [Comparison("stable rank after 5 epochs", bound, measured, relation="<")]
+
+``collapselab verify`` runs every registered claim and exits non-zero if one fails.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from collapselab._validation import InputError
+
+RELATIONS = ("≈", "<", ">")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One predicted-versus-measured row.
+
+    ``relation``: ``"≈"`` passes when |measured − predicted| ≤ tolerance (× |predicted| when
+    ``relative``); ``"<"`` / ``">"`` pass when measured < predicted / measured > predicted
+    (the prediction is a bound; the tolerance is unused).
+    """
+
+    name: str
+    predicted: float
+    measured: float
+    tolerance: float = 0.0
+    relation: str = "≈"
+    relative: bool = False
+
+    def __post_init__(self) -> None:
+        if self.relation not in RELATIONS:
+            raise InputError(
+                f"Comparison {self.name!r}: relation must be one of {RELATIONS}, got {self.relation!r}"
+            )
+
+    @property
+    def passed(self) -> bool:
+        p, m = float(self.predicted), float(self.measured)
+        if not (math.isfinite(m) and math.isfinite(p)):
+            return False
+        if self.relation == "<":
+            return m < p
+        if self.relation == ">":
+            return m > p
+        scale = abs(p) if self.relative else 1.0
+        return abs(m - p) <= self.tolerance * scale
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """Outcome of running one claim."""
+
+    claim_id: str
+    source: str
+    statement: str
+    comparisons: tuple[Comparison, ...]
+    seconds: float
+    counterfactual: bool = False
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.error is None
+            and len(self.comparisons) > 0
+            and all(c.passed for c in self.comparisons)
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.claim_id,
+            "source": self.source,
+            "statement": self.statement,
+            "passed": self.passed,
+            "seconds": round(self.seconds, 4),
+            "counterfactual": self.counterfactual,
+            "error": self.error,
+            "comparisons": [{**asdict(c), "passed": c.passed} for c in self.comparisons],
+        }
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A published statement with a check ``check(counterfactual: bool) -> list[Comparison]``."""
+
+    id: str
+    source: str
+    statement: str
+    check: Callable[[bool], list[Comparison]] = field(repr=False)
+    counterfactual: str = ""
+    slow: bool = False
+
+    def run(self, counterfactual: bool = False) -> ClaimResult:
+        """Run the check; exceptions become a failed result carrying the error message."""
+        start = time.perf_counter()
+        try:
+            rows = tuple(self.check(counterfactual))
+            error = None
+        except Exception as err:  # a broken check is a failed claim, reported, not a crash
+            rows, error = (), f"{type(err).__name__}: {err}"
+        return ClaimResult(
+            self.id,
+            self.source,
+            self.statement,
+            rows,
+            time.perf_counter() - start,
+            counterfactual,
+            error,
+        )
+
+
+_REGISTRY: dict[str, Claim] = {}
+
+
+def register_claim(new: Claim, *, replace: bool = False) -> Claim:
+    """Add a claim to the ledger (ids are unique; pass ``replace=True`` to redefine one)."""
+    if not new.id or any(ch.isspace() for ch in new.id):
+        raise InputError(f"claim id must be a non-empty string without spaces, got {new.id!r}")
+    if new.id in _REGISTRY and not replace:
+        raise InputError(
+            f"claim id {new.id!r} is already registered; choose another id or pass replace=True"
+        )
+    _REGISTRY[new.id] = new
+    return new
+
+
+def claim(id: str, *, source: str, statement: str, counterfactual: str, slow: bool = False):
+    """Decorator form of :func:`register_claim` for a check function."""
+
+    def wrap(fn: Callable[[bool], list[Comparison]]) -> Callable[[bool], list[Comparison]]:
+        register_claim(Claim(id, source, statement, fn, counterfactual, slow))
+        return fn
+
+    return wrap
+
+
+def all_claims() -> list[Claim]:
+    """Registered claims in registration order."""
+    return list(_REGISTRY.values())
+
+
+def get_claim(claim_id: str) -> Claim:
+    try:
+        return _REGISTRY[claim_id]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(claim_id, list(_REGISTRY), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise InputError(
+            f"unknown claim id {claim_id!r}{hint} (known: {', '.join(_REGISTRY)})"
+        ) from None
+
+
+def verify(
+    ids: Iterable[str] | None = None, *, counterfactual: bool = False, include_slow: bool = True
+) -> list[ClaimResult]:
+    """Run the given claims (default: all registered) and return their results."""
+    chosen = [get_claim(i) for i in ids] if ids is not None else all_claims()
+    return [c.run(counterfactual) for c in chosen if include_slow or ids is not None or not c.slow]
+
+
+def format_table(results: list[ClaimResult]) -> str:
+    """Plain-text table: one block per claim, one line per comparison."""
+    lines = []
+    for res in results:
+        status = "PASS" if res.passed else "FAIL"
+        lines.append(f"[{status}] {res.claim_id}  ({res.seconds:.2f} s)  — {res.source}")
+        lines.append(f"       {res.statement}")
+        if res.error:
+            lines.append(f"       error: {res.error}")
+        for c in res.comparisons:
+            mark = "ok " if c.passed else "BAD"
+            if c.relation == "≈":
+                tol = f"± {c.tolerance:.1e}{' rel' if c.relative else ''}"
+                lines.append(
+                    f"       {mark} {c.name}: predicted {c.predicted:.6g}, measured {c.measured:.6g} ({tol})"
+                )
+            else:
+                lines.append(
+                    f"       {mark} {c.name}: measured {c.measured:.6g} {c.relation} {c.predicted:.6g}"
+                )
+    n_pass = sum(r.passed for r in results)
+    lines.append(f"{n_pass}/{len(results)} claims pass")
+    return "\n".join(lines)
+
+
+# =============================================================================================
+# The claims of the theory issue (science.md §5 and the seed notes)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _random_spd(n: int, gen: torch.Generator, floor: float = 0.1) -> torch.Tensor:
+    a = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    return a @ a.T / n + floor * torch.eye(n, dtype=torch.float64)
+
+
+def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(rows, cols, generator=gen, dtype=torch.float64))
+    return q
+
+
+@claim(
+    "naive-alignment-closed-form",
+    source="seed note 001; science.md §5 (linear encoder, L = E‖Wx − Wx⁺‖²)",
+    statement="Gradient flow of naive alignment gives W(t) = W(0)·exp(−2ηSt): the part of W on "
+    "range(S) decays, the part on null(S) is preserved.",
+    counterfactual="W(t) = W(0)·exp(−ηSt) with every singular value decaying (null part → 0)",
+)
+def _check_naive_alignment(counterfactual: bool) -> list[Comparison]:
+    from collapselab.theory.linear import LinearSSL, LinearState, integrate_rk4
+
+    gen = _gen(1)
+    n, d, lr, t = 5, 3, 0.1, 4.0
+    basis = _orthonormal(n, n, gen)
+    lam = torch.tensor([1.5, 0.8, 0.3, 0.0, 0.0], dtype=torch.float64)  # rank-deficient S
+    S = basis @ torch.diag(lam) @ basis.T
+    null_proj = basis[:, 3:] @ basis[:, 3:].T
+    W0 = torch.randn(1, d, n, generator=gen, dtype=torch.float64)
+    # our flow is for J = ½E‖W(x₁ − x₂)‖² with S = E[(x₁−x₂)(x₁−x₂)ᵀ] = 2X′ and unit rate, so the
+    # flow of L = E‖W(x − x⁺)‖² at rate η reaches time t when ours reaches 2ηt.
+    model = LinearSSL(torch.eye(n, dtype=torch.float64), S / 2, target="direct", predictor=False)
+    _, states = integrate_rk4(model, LinearState(W0), t_end=2 * lr * t, dt=0.005, num_records=1)
+    W_t = states[-1].W[0]
+    rate = lr if counterfactual else 2 * lr
+    predicted = W0[0] @ torch.linalg.matrix_exp(-rate * S * t)
+    err = float((W_t - predicted).abs().max() / predicted.abs().max())
+    null_ratio = float((W_t @ null_proj).norm() / (W0[0] @ null_proj).norm())
+    return [
+        Comparison("max |W_integrated − W_closed_form| / max |W|", 0.0, err, 1e-9),
+        Comparison(
+            "‖W(t)P_null(S)‖ / ‖W(0)P_null(S)‖", 0.0 if counterfactual else 1.0, null_ratio, 1e-10
+        ),
+    ]
+
+
+@claim(
+    "eigenmode-reduction",
+    source="Tian, Chen & Ganguli 2021 (arXiv 2102.06810), Sec. 4, eqs. for ṗ_j, ṡ_j, τ̇_j",
+    statement="With X = I, X′ = σ²I, W_p symmetric and aligned with F = WWᵀ and W_a = τW, the matrix "
+    "ODEs reduce exactly to independent eigenmode ODEs for (p_j, s_j, τ_j).",
+    counterfactual="ṡ_j = p_j s_j[τ_j − (1+σ²)p_j] − ηs_j (the factor 2 dropped)",
+)
+def _check_eigenmode_reduction(counterfactual: bool) -> list[Comparison]:
+    from collapselab.theory.eigenmodes import mode_trajectory, rk4_modes, vector_field
+    from collapselab.theory.linear import LinearSSL, LinearState, integrate_rk4
+
+    gen = _gen(2)
+    n, d = 5, 3
+    eta, alpha_p, beta, sigma2 = 0.05, 1.5, 0.7, 0.3
+    U = _orthonormal(d, d, gen)
+    V = _orthonormal(n, d, gen)
+    s0 = torch.tensor([1.0, 0.3, 0.05], dtype=torch.float64)
+    p0 = torch.tensor([0.8, 0.4, 0.1], dtype=torch.float64)
+    tau0 = torch.tensor([1.0, 0.9, 1.1], dtype=torch.float64)
+    W0 = U @ torch.diag(s0.sqrt()) @ V.T
+    Wp0 = U @ torch.diag(p0) @ U.T
+    Wa0 = U @ torch.diag(tau0) @ U.T @ W0
+    rows = []
+    for target in ("ema", "stopgrad"):
+        model = LinearSSL(
+            torch.eye(n, dtype=torch.float64),
+            sigma2 * torch.eye(n, dtype=torch.float64),
+            target=target,
+            weight_decay=eta,
+            alpha_p=alpha_p,
+            beta=beta,
+        )
+        start = LinearState(W0[None], Wp0[None], Wa0[None] if target == "ema" else None)
+        _, states = integrate_rk4(model, start, t_end=8.0, dt=0.02, num_records=8)
+        tau_init = tau0 if target == "ema" else torch.ones(d, dtype=torch.float64)
+        params = dict(eta=eta, alpha_p=alpha_p, beta=beta, sigma2=sigma2, target=target)
+        if counterfactual:
+
+            def wrong(p, s, tau, params=params):
+                dp, ds, dtau = vector_field(p, s, tau, **params)
+                return dp, ds / 2, dtau
+
+            _, traj = rk4_modes(wrong, (p0, s0, tau_init), 8.0, 0.02, 8)
+            modes = {"p": traj[:, 0], "s": traj[:, 1], "tau": traj[:, 2]}
+        else:
+            modes = mode_trajectory(p0, s0, tau_init, t_end=8.0, dt=0.02, num_records=8, **params)
+        worst = leak = 0.0
+        for k, st in enumerate(states):
+            F = U.T @ st.W[0] @ st.W[0].T @ U
+            P = U.T @ st.Wp[0] @ U
+            s_m, p_m = torch.diagonal(F), torch.diagonal(P)
+            diffs = [(s_m - modes["s"][k]).abs().max(), (p_m - modes["p"][k]).abs().max()]
+            if target == "ema":
+                tau_m = torch.diagonal(U.T @ st.Wa[0] @ st.W[0].T @ U) / s_m
+                diffs.append((tau_m - modes["tau"][k]).abs().max())
+            worst = max(worst, *(float(x) for x in diffs))
+            off = (F - torch.diag(s_m)).abs().max() + (P - torch.diag(p_m)).abs().max()
+            leak = max(leak, float(off))
+        rows.append(
+            Comparison(f"{target}: max |mode ODE − matrix ODE| over t ≤ 8", 0.0, worst, 1e-7)
+        )
+        rows.append(Comparison(f"{target}: max off-diagonal of UᵀFU, UᵀW_pU", 0.0, leak, 1e-10))
+    return rows
+
+
+@claim(
+    "fixed-points-and-stability",
+    source="Tian, Chen & Ganguli 2021, Sec. 4 (fixed points of the eigenmode ODE, Fig. 3)",
+    statement="For fixed τ: p*± = [τ ± √(τ² − 4η(1+σ²))]/(2(1+σ²)), s* = p*²/α_p, existing iff "
+    "η ≤ τ²/(4(1+σ²)); p*₊ is stable, p*₋ unstable; the origin is stable for η > 0.",
+    counterfactual="p*± = [τ ± √(τ² − 4η(1+σ²))]/(1+σ²) and threshold τ²/(1+σ²) (factors 2 and 4 dropped)",
+)
+def _check_fixed_points(counterfactual: bool) -> list[Comparison]:
+    from scipy.optimize import brentq
+
+    from collapselab.theory.eigenmodes import (
+        existence_threshold,
+        fixed_points,
+        stability,
+        vector_field,
+    )
+
+    eta, sigma2, alpha_p, tau = 0.05, 0.5, 1.3, 1.0
+    k = 1 + sigma2
+    params = dict(eta=eta, alpha_p=alpha_p, sigma2=sigma2, target="stopgrad")
+    fp = fixed_points(eta, sigma2, tau, alpha_p)
+    p_plus, p_minus = float(fp["p_plus"]), float(fp["p_minus"])
+    threshold = float(existence_threshold(tau, sigma2))
+    if counterfactual:
+        root = math.sqrt(tau * tau - 4 * eta * k)
+        p_plus, p_minus, threshold = (tau + root) / k, (tau - root) / k, tau * tau / k
+
+    def growth(p: float, eta_: float = eta) -> float:  # ṡ/(2s) from the implemented field
+        _, ds, _ = vector_field(
+            torch.tensor(p, dtype=torch.float64),
+            1.0,
+            tau,
+            eta=eta_,
+            alpha_p=alpha_p,
+            sigma2=sigma2,
+            target="stopgrad",
+        )
+        return float(ds) / 2
+
+    vertex = tau / (2 * k)
+    root_minus = brentq(growth, 1e-12, vertex, xtol=1e-15)
+    root_plus = brentq(growth, vertex, 10.0, xtol=1e-15)
+    dp_at_root = float(
+        vector_field(
+            torch.tensor(root_plus, dtype=torch.float64), root_plus**2 / alpha_p, tau, **params
+        )[0]
+    )
+
+    def has_fixed_point(eta_: float) -> bool:
+        ps = torch.linspace(0, 2 * vertex, 4001, dtype=torch.float64)
+        _, ds, _ = vector_field(
+            ps,
+            torch.ones_like(ps),
+            tau,
+            eta=eta_,
+            alpha_p=alpha_p,
+            sigma2=sigma2,
+            target="stopgrad",
+        )
+        return bool((ds >= 0).any())
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if has_fixed_point(mid) else (lo, mid)
+
+    def analytic_max_real(p: float) -> float:
+        s = p * p / alpha_p
+        trace, det = -alpha_p * s * k - eta, 2 * eta * (k * p * p - eta)
+        disc = complex(trace * trace - 4 * det) ** 0.5
+        return max(((trace + disc) / 2).real, ((trace - disc) / 2).real)
+
+    stab_plus = float(stability(root_plus, root_plus**2 / alpha_p, tau, **params)["max_real"])
+    stab_minus = float(stability(root_minus, root_minus**2 / alpha_p, tau, **params)["max_real"])
+    stab_origin = float(stability(0.0, 0.0, tau, **params)["max_real"])
+    return [
+        Comparison("p*₊ (root of ṡ/s found by brentq)", p_plus, root_plus, 1e-10),
+        Comparison("p*₋ (root of ṡ/s found by brentq)", p_minus, root_minus, 1e-10),
+        Comparison("ṗ at (p*₊, p*₊²/α_p)", 0.0, dp_at_root, 1e-12),
+        Comparison(
+            "existence threshold η_c (bisection on the field)", threshold, 0.5 * (lo + hi), 1e-6
+        ),
+        Comparison(
+            "max Re λ(J) at p*₊ (autograd vs trace/det)", analytic_max_real(p_plus), stab_plus, 1e-9
+        ),
+        Comparison("max Re λ(J) at p*₊ is negative", 0.0, stab_plus, relation="<"),
+        Comparison("max Re λ(J) at p*₋ is positive", 0.0, stab_minus, relation=">"),
+        Comparison("max Re λ(J) at origin = −η", -eta, stab_origin, 1e-12),
+    ]
+
+
+@claim(
+    "direct-minimisation-collapses",
+    source="Ponce, Terver & Hebert 2025 ('Dual perspectives on non-contrastive SSL'); seed note 004",
+    statement="In the linear case, minimising J directly (no stop-gradient, no EMA) collapses: W → 0 "
+    "from every initialisation, with or without predictor.",
+    counterfactual="direct minimisation keeps the representation: ‖W(T)‖²/‖W(0)‖² ≈ 1",
+)
+def _check_direct_collapse(counterfactual: bool) -> list[Comparison]:
+    from collapselab.theory.eigenmodes import vector_field
+    from collapselab.theory.linear import LinearSSL, LinearState, integrate_adaptive
+
+    gen = _gen(4)
+    n, d, batch = 4, 3, 8
+    X, Xp = _random_spd(n, gen), 0.5 * _random_spd(n, gen)
+    rows = []
+    for predictor in (True, False):
+        model = LinearSSL(X, Xp, target="direct", predictor=predictor, batch=batch)
+        W0 = torch.randn(batch, d, n, generator=gen, dtype=torch.float64)
+        Wp0 = torch.eye(d, dtype=torch.float64) + 0.5 * torch.randn(
+            batch, d, d, generator=gen, dtype=torch.float64
+        )
+        _, states = integrate_adaptive(
+            model,
+            LinearState(W0, Wp0 if predictor else None),
+            t_end=60.0,
+            num_records=1,
+            rtol=1e-8,
+            atol=1e-14,
+        )
+        ratio = float(
+            (states[-1].W.flatten(1).norm(dim=1) ** 2 / W0.flatten(1).norm(dim=1) ** 2).max()
+        )
+        label = "with" if predictor else "without"
+        if counterfactual:
+            rows.append(
+                Comparison(f"{label} predictor: max ‖W(T)‖²/‖W(0)‖² over 8 inits", 1.0, ratio, 0.5)
+            )
+        else:
+            rows.append(
+                Comparison(
+                    f"{label} predictor: max ‖W(T)‖²/‖W(0)‖² over 8 inits",
+                    1e-6,
+                    ratio,
+                    relation="<",
+                )
+            )
+    sigma2, eta = 0.3, 0.0
+    ps = torch.linspace(-3, 3, 60001, dtype=torch.float64)
+    _, ds, _ = vector_field(ps, torch.ones_like(ps), 1.0, eta=eta, sigma2=sigma2, target="direct")
+    k = 1 + sigma2
+    bound = 0.0 if counterfactual else -(k - 1 / k) - eta
+    rows.append(
+        Comparison(
+            "eigenmodes: max_p ṡ/(2s) = −((1+σ²) − 1/(1+σ²)) − η", bound, float(ds.max() / 2), 1e-8
+        )
+    )
+    return rows
+
+
+def _quotient_max_real(jac: torch.Tensor, tangent: torch.Tensor) -> float:
+    """Max real part of the Jacobian's eigenvalues on the complement of the symmetry orbit."""
+    q_t, _ = torch.linalg.qr(tangent)
+    full = torch.linalg.svd(torch.eye(jac.shape[0], dtype=jac.dtype) - q_t @ q_t.T)
+    complement = full.U[:, : jac.shape[0] - tangent.shape[1]]
+    return float(torch.linalg.eigvals(complement.T @ jac @ complement).real.max())
+
+
+@claim(
+    "stopgrad-ema-stable-equilibria",
+    source="Ponce, Terver & Hebert 2025; Tian, Chen & Ganguli 2021 Sec. 4",
+    statement="Stop-gradient and EMA (with predictor) converge to non-trivial equilibria whose Jacobian "
+    "eigenvalues all have negative real part (modulo the rotation symmetry W → RW, "
+    "W_p → RW_pRᵀ); these points are not critical points of J.",
+    counterfactual="the limit is unstable (some Jacobian eigenvalue with positive real part)",
+)
+def _check_stable_equilibria(counterfactual: bool) -> list[Comparison]:
+    from collapselab.theory.linear import (
+        LinearSSL,
+        LinearState,
+        flatten_state,
+        integrate_adaptive,
+        newton_polish,
+        state_jacobian,
+    )
+
+    gen = _gen(5)
+    n, d = 3, 2
+    X = torch.diag(torch.tensor([2.0, 1.2, 0.5], dtype=torch.float64))
+    Xp = 0.2 * torch.eye(n, dtype=torch.float64)
+    rows = []
+    for target in ("stopgrad", "ema"):
+        model = LinearSSL(X, Xp, target=target, weight_decay=0.02, alpha_p=1.0, beta=0.5)
+        W0 = torch.randn(1, d, n, generator=gen, dtype=torch.float64)
+        Wp0 = 0.8 * torch.eye(d, dtype=torch.float64) + 0.05 * torch.randn(
+            1, d, d, generator=gen, dtype=torch.float64
+        )
+        start = model.check_state(LinearState(W0, Wp0, None))
+        _, states = integrate_adaptive(
+            model, start, t_end=600.0, num_records=1, rtol=1e-10, atol=1e-12
+        )
+        eq, residual = newton_polish(model, states[-1])
+        jac = state_jacobian(model, eq)
+        A = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+        orbit = LinearState(A @ eq.W, A @ eq.Wp - eq.Wp @ A, None if eq.Wa is None else A @ eq.Wa)
+        max_real = _quotient_max_real(jac, flatten_state(orbit).unsqueeze(1))
+        sv_min = float(torch.linalg.svdvals(eq.W[0]).min())
+        direct = LinearSSL(X, Xp, target="direct", weight_decay=0.0, alpha_p=1.0)
+        grad = direct.gradients(LinearState(eq.W, eq.Wp, None))
+        grad_norm = float(torch.cat([grad.W.flatten(), grad.Wp.flatten()]).norm())
+        rows += [
+            Comparison(f"{target}: ‖vector field‖ at the limit", 0.0, residual, 1e-10),
+            Comparison(
+                f"{target}: smallest singular value of W (non-trivial)", 0.1, sv_min, relation=">"
+            ),
+            Comparison(
+                f"{target}: max Re λ(J) off the symmetry orbit",
+                0.0,
+                max_real,
+                relation=">" if counterfactual else "<",
+            ),
+            Comparison(
+                f"{target}: ‖∇J‖ of the original objective there (not a critical point)",
+                1e-3,
+                grad_norm,
+                relation=">",
+            ),
+        ]
+    return rows
+
+
+@claim(
+    "no-predictor-collapse-stable",
+    source="seed note 002 ('The predictor as a bottleneck'); Tian, Chen & Ganguli 2021 Sec. 3",
+    statement="Without a predictor, stop-gradient (and EMA) do not rescue the collapsed point: the "
+    "gradient vanishes at W = 0 and every Jacobian eigenvalue there is negative.",
+    counterfactual="stop-gradient makes collapse unstable (max Re λ > 0)",
+)
+def _check_no_predictor(counterfactual: bool) -> list[Comparison]:
+    from collapselab.theory.linear import LinearSSL, LinearState, flatten_state, state_jacobian
+
+    x = torch.tensor([2.0, 1.0, 0.6, 0.3], dtype=torch.float64)
+    xp = torch.tensor([0.4, 0.1, 0.2, 0.05], dtype=torch.float64)
+    basis = _orthonormal(4, 4, _gen(6))
+    X, Xp = basis @ torch.diag(x) @ basis.T, basis @ torch.diag(xp) @ basis.T
+    eta, beta, d = 0.01, 0.5, 2
+    rows = []
+    for target in ("stopgrad", "ema"):
+        model = LinearSSL(X, Xp, target=target, predictor=False, weight_decay=eta, beta=beta)
+        zero = model.check_state(LinearState(torch.zeros(1, d, 4, dtype=torch.float64)))
+        speed = float(flatten_state(model.vector_field(zero)).norm())
+        measured = float(torch.linalg.eigvals(state_jacobian(model, zero)).real.max())
+        if target == "stopgrad":  # Ẇ = −W(X′ + ηI)
+            predicted = -float((xp + eta).min())
+        else:  # per eigen-direction [[−(x + x′ + η), x], [β, −β]]
+            blocks = torch.stack(
+                [
+                    torch.stack([-(x + xp + eta), x]),
+                    torch.stack([torch.full_like(x, beta), torch.full_like(x, -beta)]),
+                ]
+            ).permute(2, 0, 1)
+            predicted = float(torch.linalg.eigvals(blocks).real.max())
+        rows.append(Comparison(f"{target}: ‖Ẇ‖ at W = 0", 0.0, speed, 1e-15))
+        if counterfactual:
+            rows.append(
+                Comparison(
+                    f"{target}: max Re λ(J) at W = 0 is positive", 0.0, measured, relation=">"
+                )
+            )
+        else:
+            rows.append(Comparison(f"{target}: max Re λ(J) at W = 0", predicted, measured, 1e-10))
+            rows.append(
+                Comparison(
+                    f"{target}: max Re λ(J) at W = 0 is negative", 0.0, measured, relation="<"
+                )
+            )
+    return rows
+
+
+@claim(
+    "optimal-linear-predictor",
+    source="Chen & He 2021 (SimSiam as EM); seed note 002, Exercise 3",
+    statement="The optimal linear predictor is A* = Σ₂₁Σ₁₁⁻¹; for Gaussian views with cross-covariance ρI "
+    "it is h*(z) = ρz; the linear model's predictor flow (encoder frozen) converges to A*.",
+    counterfactual="A* = Σ₁₁⁻¹Σ₂₁ (factors swapped) and h*(z) = ρ²z",
+)
+def _check_optimal_predictor(counterfactual: bool) -> list[Comparison]:
+    from collapselab.theory.linear import LinearSSL, LinearState
+
+    gen = _gen(7)
+    d, num = 3, 200_000
+    joint = _random_spd(2 * d, gen, floor=0.2)
+    S11, S21 = joint[:d, :d], joint[d:, :d]
+    predicted = S21 @ torch.linalg.inv(S11) if not counterfactual else torch.linalg.inv(S11) @ S21
+    root = torch.linalg.cholesky(joint)
+    z = torch.randn(num, 2 * d, generator=gen, dtype=torch.float64) @ root.T
+    z1, z2 = z[:, :d], z[:, d:]
+    fitted = torch.linalg.lstsq(z1, z2).solution.T  # argmin_A Σ‖A z1 − z2‖²
+    rho = 0.6
+    y1 = torch.randn(num, d, generator=gen, dtype=torch.float64)
+    y2 = rho * y1 + math.sqrt(1 - rho**2) * torch.randn(num, d, generator=gen, dtype=torch.float64)
+    fitted_rho = torch.linalg.lstsq(y1, y2).solution.T
+    rho_pred = rho**2 if counterfactual else rho
+    # the predictor flow of the linear model with W frozen: Ẇ_p = α_p(Σ₂₁ − W_pΣ₁₁), Σ from W, X, X′
+    n = 4
+    X, Xp = _random_spd(n, gen), 0.3 * _random_spd(n, gen)
+    W = torch.randn(1, d, n, generator=gen, dtype=torch.float64)
+    model = LinearSSL(X, Xp, target="stopgrad", alpha_p=1.0)
+    sig11, sig21 = W[0] @ (X + Xp) @ W[0].T, W[0] @ X @ W[0].T
+    step = 1.0 / float(torch.linalg.eigvalsh(sig11).max())  # explicit Euler, stable and contracting
+    Wp = torch.zeros(1, d, d, dtype=torch.float64)
+    for _ in range(200_000):
+        update = step * model.vector_field(LinearState(W, Wp)).Wp
+        Wp = Wp + update
+        if float(update.abs().max()) < 1e-15:
+            break
+    flow_pred = (
+        sig21 @ torch.linalg.inv(sig11) if not counterfactual else torch.linalg.inv(sig11) @ sig21
+    )
+    return [
+        Comparison(
+            "sampled least squares vs Σ₂₁Σ₁₁⁻¹ (max entry error)",
+            0.0,
+            float((fitted - predicted).abs().max()),
+            0.02,
+        ),
+        Comparison(
+            "ρI views: fitted diagonal mean",
+            rho_pred,
+            float(torch.diagonal(fitted_rho).mean()),
+            0.01,
+        ),
+        Comparison(
+            "ρI views: largest off-diagonal entry",
+            0.0,
+            float((fitted_rho - torch.diag(torch.diagonal(fitted_rho))).abs().max()),
+            0.01,
+        ),
+        Comparison(
+            "predictor flow limit vs Σ₂₁Σ₁₁⁻¹ (max entry error)",
+            0.0,
+            float((Wp[0] - flow_pred).abs().max()),
+            1e-8,
+        ),
+    ]
+
+
+@claim(
+    "stable-rank-scale-invariant",
+    source="seed note 002 (Exercise 1); science.md §2",
+    statement="srank(Σ) = (tr Σ)²/‖Σ‖_F² is invariant to scaling the embedding and tends to 1 as one "
+    "eigenvalue dominates.",
+    counterfactual="a one-dominant spectrum keeps srank = D (the number of non-zero eigenvalues)",
+)
+def _check_stable_rank(counterfactual: bool) -> list[Comparison]:
+    from collapselab.diagnostics import stable_rank
+
+    gen = _gen(8)
+    num, dim = 4000, 8
+
+    def with_covariance(lam: torch.Tensor) -> torch.Tensor:
+        z = torch.randn(num, dim, generator=gen, dtype=torch.float64)
+        z = z - z.mean(0)
+        vals, vecs = torch.linalg.eigh(z.T @ z / num)
+        white = z @ vecs @ torch.diag(vals.rsqrt()) @ vecs.T  # sample covariance exactly I
+        return white * lam.sqrt()
+
+    lam = torch.tensor([4.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.1], dtype=torch.float64)
+    z = with_covariance(lam)
+    predicted = float(lam.sum() ** 2 / (lam**2).sum())
+    rows = [
+        Comparison("srank(Z) vs (Σλ)²/Σλ²", predicted, float(stable_rank(z)), 1e-9, relative=True),
+        Comparison("srank(1e3·Z)", predicted, float(stable_rank(1e3 * z)), 1e-9, relative=True),
+        Comparison("srank(1e-3·Z)", predicted, float(stable_rank(1e-3 * z)), 1e-9, relative=True),
+    ]
+    for eps in (1e-2, 1e-4, 1e-6):
+        lam_dom = torch.tensor([1.0] + [eps] * (dim - 1), dtype=torch.float64)
+        pred = float(dim) if counterfactual else float(lam_dom.sum() ** 2 / (lam_dom**2).sum())
+        rows.append(
+            Comparison(
+                f"srank with λ = (1, {eps:g}, …)",
+                pred,
+                float(stable_rank(with_covariance(lam_dom))),
+                1e-6,
+                relative=True,
+            )
+        )
+    return rows
+
+
+def _nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    from collapselab.losses import nt_xent
+
+    return nt_xent(z1, z2, temperature=temperature)
+
+
+@claim(
+    "nt-xent-collapse-and-simplex",
+    source="science.md §4–5; seed note 002 (dimensional collapse of contrastive losses)",
+    statement="NT-Xent at complete collapse equals log(2N − 1) for any temperature; a simplex ETF of N "
+    "points minimises the negative-pair term and spans only N − 1 dimensions.",
+    counterfactual="collapse gives log(2N) and the ETF spans N dimensions",
+)
+def _check_nt_xent(counterfactual: bool) -> list[Comparison]:
+    gen = _gen(9)
+    num, dim = 16, 32
+    rows = []
+    for temperature in (0.1, 0.5):
+        z = torch.randn(1, dim, generator=gen, dtype=torch.float64).repeat(num, 1)
+        pred = math.log(2 * num) if counterfactual else math.log(2 * num - 1)
+        rows.append(
+            Comparison(
+                f"NT-Xent at collapse (N={num}, τ={temperature})",
+                pred,
+                float(_nt_xent(z, z, temperature)),
+                1e-9,
+            )
+        )
+    n_pts, tau = 8, 0.5
+    etf = torch.eye(n_pts, dtype=torch.float64) - 1.0 / n_pts
+    etf = etf / etf.norm(dim=1, keepdim=True)
+    etf = etf @ _orthonormal(dim, n_pts, gen).T  # embed in R^dim
+    gram = etf @ etf.T
+    off = gram[~torch.eye(n_pts, dtype=torch.bool)]
+
+    def negative_term(points: torch.Tensor) -> torch.Tensor:
+        sims = points @ points.T / tau
+        sims = sims.masked_fill(torch.eye(len(points), dtype=torch.bool), -math.inf)
+        return torch.logsumexp(sims, dim=1).mean()
+
+    bound = math.log(n_pts - 1) - 1.0 / ((n_pts - 1) * tau)  # Jensen + ‖Σz_i‖² ≥ 0
+    best = math.inf
+    for _ in range(4):  # projected gradient descent from random starts never beats the ETF
+        x = torch.randn(n_pts, dim, generator=gen, dtype=torch.float64).requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=0.05)
+        for _ in range(400):
+            opt.zero_grad()
+            loss = negative_term(x / x.norm(dim=1, keepdim=True))
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            best = min(best, float(negative_term(x / x.norm(dim=1, keepdim=True))))
+    rank = int((torch.linalg.svdvals(etf) > 1e-10).sum())
+    rows += [
+        Comparison(
+            "ETF mean pairwise cosine = −1/(N−1)", -1.0 / (n_pts - 1), float(off.mean()), 1e-12
+        ),
+        Comparison(
+            "negative-pair term at the ETF = log(N−1) − 1/((N−1)τ)",
+            bound,
+            float(negative_term(etf)),
+            1e-12,
+        ),
+        Comparison(
+            "best negative-pair term from 4 optimised random starts ≥ bound",
+            bound - 1e-9,
+            best,
+            relation=">",
+        ),
+        Comparison(
+            "rank of the ETF", float(n_pts if counterfactual else n_pts - 1), float(rank), 0.0
+        ),
+    ]
+    return rows
+
+
+@claim(
+    "batchnorm-jacobian-inverse-spread",
+    source="science.md §5 ('BatchNorm as an implicit restoring force'); seed note 002",
+    statement="For a batch-normalised feature with spread σ, the Jacobian ∂ẑ/∂z has spectral norm "
+    "γ/√(σ² + ε): it grows as 1/σ as the dimension collapses.",
+    counterfactual="the Jacobian grows as 1/σ² (log-log slope −2)",
+)
+def _check_batchnorm(counterfactual: bool) -> list[Comparison]:
+    import torch.nn.functional as F
+
+    gen = _gen(10)
+    num, gamma, eps = 64, 1.5, 1e-12
+    base = torch.randn(num, generator=gen, dtype=torch.float64)
+    base = (base - base.mean()) / base.std(unbiased=False)
+    weight = torch.tensor([gamma], dtype=torch.float64)
+
+    def bn(z: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(
+            z.unsqueeze(1), None, None, weight=weight, training=True, eps=eps
+        ).squeeze(1)
+
+    sigmas = [1.0, 1e-1, 1e-2, 1e-3]
+    norms = []
+    rows = []
+    for sigma in sigmas:
+        z = 3.0 + sigma * base
+        jac = torch.autograd.functional.jacobian(bn, z)
+        norm = float(torch.linalg.matrix_norm(jac, ord=2))
+        norms.append(norm)
+        pred = gamma / sigma ** (2 if counterfactual else 1)
+        rows.append(Comparison(f"‖∂ẑ/∂z‖₂ at σ = {sigma:g}", pred, norm, 1e-6, relative=True))
+    slope = (math.log(norms[-1]) - math.log(norms[0])) / (
+        math.log(sigmas[-1]) - math.log(sigmas[0])
+    )
+    rows.append(
+        Comparison("log-log slope of ‖J‖ against σ", -2.0 if counterfactual else -1.0, slope, 1e-6)
+    )
+    return rows
+
+
+@claim(
+    "rademacher-quasi-orthogonality",
+    source="Sansone, Lebailly & Tuytelaars 2025 (FALCON/CPLearn, arXiv 2410.04959); seed note 003",
+    statement="Independent random Rademacher codewords in f dimensions have cosine similarity with "
+    "mean 0 and variance exactly 1/f (quasi-orthogonal for large f).",
+    counterfactual="the cosine variance is 2/f",
+)
+def _check_rademacher(counterfactual: bool) -> list[Comparison]:
+    gen = _gen(11)
+    rows = []
+    codes = 512
+    for f in (64, 256, 1024):
+        words = (
+            torch.randint(0, 2, (f, codes), generator=gen, dtype=torch.int64).to(torch.float64) * 2
+            - 1
+        )
+        cos = (words.T @ words / f)[torch.triu_indices(codes, codes, offset=1).unbind()]
+        pairs = cos.numel()
+        # cosines of distinct pairs are pairwise independent: SE of the mean of cos² is
+        # √(Var(cos²)/M) with Var(cos²) = E cos⁴ − (E cos²)² = (2f − 2)/f³.
+        se = math.sqrt((2 * f - 2) / f**3 / pairs)
+        pred = 2.0 / f if counterfactual else 1.0 / f
+        rows.append(
+            Comparison(f"E[cos²] over {pairs} pairs, f = {f}", pred, float((cos**2).mean()), 5 * se)
+        )
+        rows.append(
+            Comparison(f"E[cos], f = {f}", 0.0, float(cos.mean()), 5 * math.sqrt(1.0 / (f * pairs)))
+        )
+    return rows
