@@ -94,3 +94,20 @@ def test_directional_variance_zero_on_a_ray_and_near_one_when_isotropic() -> Non
 def test_total_variance_is_trace_of_covariance() -> None:
     z = torch.randn(100, 5, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 3
     assert dg.total_variance(z) == pytest.approx(float(torch.trace(dg.covariance(z))), rel=1e-12)
+
+
+def test_point_statistics_equal_the_individual_functions() -> None:
+    x = torch.randn(300, 12, generator=torch.Generator().manual_seed(10), dtype=torch.float64) + 1.5
+    x[5] = 0.0  # a zero row has no direction
+    stats, u = dg.geometry.point_statistics(x)
+    individual = {
+        "total_variance": dg.total_variance(x),
+        "relative_variance": dg.relative_variance(x),
+        "directional_variance": dg.directional_variance(x),
+        "normalized_std": dg.normalized_std(x),
+        "collapse_level": dg.collapse_level(x),
+        "mean_pairwise_cosine": dg.mean_pairwise_cosine(x),
+    }
+    for key, value in individual.items():
+        assert stats[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+    assert dg.geometry.uniformity_of_unit_rows(u) == pytest.approx(dg.uniformity(x), rel=1e-12)

@@ -49,7 +49,11 @@ def uniformity(z: ArrayLike, t: float = 2.0) -> float:
     """
     if t <= 0:
         raise InputError(f"uniformity: t must be > 0, got {t}")
-    u = l2_normalize(as_float64_matrix(z))
+    return uniformity_of_unit_rows(l2_normalize(as_float64_matrix(z)), t)
+
+
+def uniformity_of_unit_rows(u: torch.Tensor, t: float = 2.0) -> float:
+    """:func:`uniformity` of rows that are already L2-normalised float64 (no validation)."""
     n = u.shape[0]
     # the mean over pairs i < j equals the mean over ordered pairs i != j (d_ij = d_ji)
     logsums = []
@@ -129,3 +133,33 @@ def total_variance(z: ArrayLike) -> float:
     scale-invariant measures flat while tr Σ falls by orders of magnitude (science.md §1)."""
     x = as_float64_matrix(z)
     return float((x - x.mean(dim=0, keepdim=True)).pow(2).sum(dim=1).mean())
+
+
+def point_statistics(x: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+    """All O(N·D) measurements of a validated float64 (N, D) matrix in one pass over shared parts.
+
+    Returns ({total_variance, relative_variance, directional_variance, normalized_std,
+    collapse_level, mean_pairwise_cosine, mean_norm}, unit rows u) with the same values as the
+    individual functions (tested); ``diagnose`` uses it to avoid redundant passes over large inputs.
+    """
+    n, d = x.shape
+    sq_norms = x.pow(2).sum(dim=1)
+    norms = sq_norms.sqrt()
+    centred_sq = (x - x.mean(dim=0, keepdim=True)).pow(2).sum(dim=1)
+    second_moment = float(sq_norms.mean())
+    variance = float(centred_sq.mean())
+    u = x / norms.clamp_min(NORM_EPS)[:, None]
+    u_sum = u.sum(dim=0)
+    nonzero = int((norms > 0).sum())
+    u_mean_nonzero = u_sum / max(nonzero, 1)
+    std = float(u.std(dim=0).mean())
+    stats = {
+        "total_variance": variance,
+        "relative_variance": 0.0 if second_moment == 0.0 else min(1.0, variance / second_moment),
+        "directional_variance": 0.0 if nonzero == 0 else max(0.0, 1.0 - float(u_mean_nonzero.pow(2).sum())),
+        "normalized_std": std,
+        "collapse_level": max(0.0, 1.0 - math.sqrt(d) * std),
+        "mean_pairwise_cosine": (float(u_sum.pow(2).sum()) - float(u.pow(2).sum())) / (n * (n - 1)),
+        "mean_norm": float(norms.mean()),
+    }
+    return stats, u

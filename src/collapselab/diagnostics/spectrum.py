@@ -85,7 +85,11 @@ def spectra(z: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
     Z_cZ_cᵀ and ZZᵀ give the same non-zero eigenvalues more cheaply. Singular values obtained
     from ZᵀZ are accurate to about 1e-8·σ_1 (√ε of float64), far below RankMe's ε = 1e-7.
     """
-    x = as_float64_matrix(z)
+    return spectra_of_validated(as_float64_matrix(z))
+
+
+def spectra_of_validated(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`spectra` of an already validated float64 (N, D) matrix."""
     n, d = x.shape
     mean = x.mean(dim=0, keepdim=True)
     zc = x - mean

@@ -90,7 +90,7 @@ INTRACLUSTER_COLLAPSED_RATIO = 0.01
 INTRACLUSTER_WARNING_RATIO = 0.05
 """Under 5 %: little spread left inside clusters (neural-collapse territory)."""
 
-MAX_PAIRWISE_SAMPLES = 2048
+MAX_PAIRWISE_SAMPLES = 1024
 """``uniformity`` is O(N²·D): ``diagnose`` evaluates it on this many rows (a seeded subsample)."""
 
 
@@ -326,18 +326,13 @@ def diagnose(
     x = as_float64_matrix(z, "z")
     n, d = x.shape
     metrics: dict[str, float] = {"n_samples": float(n), "dim": float(d)}
-    metrics["total_variance"] = geometry.total_variance(x)
-    metrics["relative_variance"] = geometry.relative_variance(x)
-    metrics["directional_variance"] = geometry.directional_variance(x)
+    point, unit_rows = geometry.point_statistics(x)
+    metrics.update(point)
     metrics["spread"] = min(metrics["relative_variance"], metrics["directional_variance"])
-    metrics["normalized_std"] = geometry.normalized_std(x)
-    metrics["collapse_level"] = max(0.0, 1.0 - math.sqrt(d) * metrics["normalized_std"])
-    metrics["mean_pairwise_cosine"] = geometry.mean_pairwise_cosine(x)
-    metrics["mean_norm"] = float(x.norm(dim=1).mean())
-    metrics.update(spectrum.spectral_metrics(*spectrum.spectra(x)))
+    metrics.update(spectrum.spectral_metrics(*spectrum.spectra_of_validated(x)))
     metrics["available_dims"] = float(min(d, n - 1))
     metrics["effective_rank_ratio"] = metrics["effective_rank"] / metrics["available_dims"]
-    metrics["uniformity"] = geometry.uniformity(_subsample(x, max_pairwise_samples, seed))
+    metrics["uniformity"] = geometry.uniformity_of_unit_rows(_subsample(unit_rows, max_pairwise_samples, seed))
     if views is not None:
         v = as_float64_matrix(views, "views")
         check_same_shape(x, v, "z", "views")
