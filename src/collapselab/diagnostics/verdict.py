@@ -48,7 +48,7 @@ this small are within ~100x of float32 rounding, so no information can survive. 
 nets reach 1e-8 at initialisation (12 layers, PyTorch default init), so a snapshot cannot say more."""
 COMPLETE_WARNING_SPREAD = 1e-3
 """Std under ~3 % of the norm: a point or a ray, unless the network started there (compare with a
-reference). SimSiam without stop-gradient on digits: 6e-5; random 2-layer ReLU MLP: 0.17."""
+reference). SimSiam without stop-gradient on digits: 6e-5; random 2-layer ReLU MLP: 0.02-0.2."""
 COMPLETE_COLLAPSED_VS_REFERENCE = 1e-2
 """With a reference: spread fell by two orders of magnitude (SimSiam without stop-gradient: 3e-3)."""
 COMPLETE_WARNING_VS_REFERENCE = 1e-1
@@ -66,8 +66,8 @@ digits use 5–12 % of 256 dims; SimSiam without stop-gradient leaves 3 % of 64.
 DIMENSIONAL_WARNING_RATIO = 0.05
 """Without a reference: under 5 % of the available dimensions."""
 DIMENSIONAL_COLLAPSED_VS_REFERENCE = 0.15
-"""With a reference: effective rank fell below 15 % of its reference value (SimSiam without
-stop-gradient on digits: 0.10; healthy SimSiam: 0.39; VICReg: 0.53–0.84)."""
+"""With a reference: effective rank fell below 15 % of its reference value (on digits, see
+benchmarks/diagnostics_calibration.py: SimSiam without stop-gradient 0.10; VICReg 0.50; SimSiam 0.64)."""
 DIMENSIONAL_WARNING_VS_REFERENCE = 0.3
 """With a reference: effective rank fell below 30 % of its reference value."""
 DIMENSIONAL_COLLAPSED_ABSOLUTE = 1.5
