@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 import types
 
@@ -269,3 +270,20 @@ def test_registry_lists_builtin_backbones():
     assert {"resnet18", "resnet34", "resnet50", "small_cnn", "mlp", "vit_tiny", "vit_small"} <= set(
         available_backbones()
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("resnet18", {"width": 0.125, "in_channels": 1}),
+        ("small_cnn", {"in_channels": 1, "width": 4}),
+        ("mlp", {"hidden_dims": (8,)}),
+        ("vit_tiny", {"img_size": 8, "patch_size": 2, "in_channels": 1, "depth": 1}),
+    ],
+)
+def test_deep_copy_for_a_target_network_gives_identical_features(name, kwargs):
+    model = build_backbone(name, **kwargs).eval()
+    target = copy.deepcopy(model)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), model(x), rtol=0, atol=0)

@@ -117,3 +117,17 @@ def test_vit_same_seed_gives_identical_outputs():
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(small_vit()(x), small_vit()(x))
+
+
+def test_vit_and_predictor_run_under_bf16_autocast_and_backpropagate():
+    encoder = small_vit().train()
+    predictor = ViTPredictor(encoder.grid, encoder_dim=32, predictor_dim=16, depth=1, num_heads=2)
+    x = torch.randn(2, 1, 8, 8)
+    ctx = torch.arange(8).expand(2, 8)
+    tgt = torch.arange(8, 12).expand(2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = predictor(encoder(x, keep_indices=ctx, return_tokens=True), ctx, tgt)
+    assert out.shape == (2, 4, 32)
+    out.float().square().mean().backward()
+    assert encoder.patch_embed.weight.grad is not None
+    assert predictor.mask_token.grad is not None

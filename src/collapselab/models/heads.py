@@ -141,7 +141,8 @@ def mlp_head_preset(
     name: str, in_dim: int, size: Literal["paper", "small"] = "paper", **overrides: object
 ) -> MLPHead:
     """An :class:`MLPHead` with a method's published shape (``size="paper"``) or a small one for
-    tiny data and CPUs (``size="small"``: widths 512/128). ``overrides`` replace any field.
+    tiny data and CPUs (``size="small"``: widths 512/128). ``overrides`` replace any field;
+    ``bn=False`` also turns ``last_bn`` off, so the head has no BatchNorm at all.
 
     Names: ``simclr``, ``byol_projector``, ``byol_predictor``, ``simsiam_projector``,
     ``simsiam_predictor``, ``barlow_twins``, ``vicreg`` (see :func:`head_presets` for sources).
