@@ -345,23 +345,25 @@ class _AdapterBackbone(nn.Module):
 def torchvision_backbone(name: str, stem: Stem = "imagenet", **kwargs: object) -> nn.Module:
     """A randomly initialised torchvision model with its classifier replaced by the identity.
 
-    ``torchvision.models.get_model(name, weights=None, **kwargs)``; the last ``fc`` (ResNets),
-    ``classifier`` or ``heads`` layer becomes ``nn.Identity`` and ``out_dim`` its input width.
-    ``stem="cifar"`` swaps a ResNet's ``conv1`` for a 3×3 stride-1 conv and drops ``maxpool``
-    (solo-learn's convention). Raises :class:`InputError` naming ``pip install torchvision`` when
-    torchvision is missing.
+    ``torchvision.models.get_model(name, weights=None, **kwargs)``; the classifier module (``fc``
+    for ResNets, else ``classifier``, ``heads`` or ``head``) becomes ``nn.Identity`` and
+    ``out_dim`` is the input width of its first Linear. ``stem="cifar"`` swaps a ResNet's
+    ``conv1`` for a 3×3 stride-1 conv and drops ``maxpool`` (solo-learn's convention). Raises
+    :class:`InputError` naming ``pip install torchvision`` when torchvision is missing, and the
+    nearest model names for an unknown one.
     """
     spec = f"torchvision:{name}"
+    if stem not in ("cifar", "imagenet"):
+        raise InputError(
+            f"build_backbone({spec!r}): stem must be 'cifar' or 'imagenet', got {stem!r}"
+        )
     tv = _import_optional("torchvision", "torchvision", spec)
-    try:
-        model = tv.models.get_model(name, weights=None, **kwargs)  # type: ignore[attr-defined]
-    except (ValueError, KeyError) as err:
-        listed = sorted(tv.models.list_models())  # type: ignore[attr-defined]
+    listed = sorted(tv.models.list_models())  # type: ignore[attr-defined]
+    if name not in listed:
         near = difflib.get_close_matches(name, listed, n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else ""
-        raise InputError(
-            f"build_backbone({spec!r}): torchvision has no model {name!r}{hint}"
-        ) from err
+        raise InputError(f"build_backbone({spec!r}): torchvision has no model {name!r}{hint}")
+    model = tv.models.get_model(name, weights=None, **kwargs)  # type: ignore[attr-defined]
     out_dim = None
     for attr in ("fc", "classifier", "heads", "head"):
         head = getattr(model, attr, None)
@@ -388,10 +390,6 @@ def torchvision_backbone(name: str, stem: Stem = "imagenet", **kwargs: object) -
             )
         model.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
-    elif stem != "imagenet":
-        raise InputError(
-            f"build_backbone({spec!r}): stem must be 'cifar' or 'imagenet', got {stem!r}"
-        )
     return _AdapterBackbone(model, out_dim, spec)
 
 
