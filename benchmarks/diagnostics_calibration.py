@@ -12,6 +12,7 @@ come from this script.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from collapselab import diagnose
+from collapselab.diagnostics import effective_rank
 
 
 def networks(seed: int, bn: bool = False) -> tuple[nn.Module, nn.Module, nn.Module]:
@@ -55,14 +57,31 @@ def embed(x: torch.Tensor, backbone: nn.Module, projector: nn.Module) -> torch.T
     return out
 
 
-def train(x: torch.Tensor, objective: str, steps: int, bn: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
+def train(
+    x: torch.Tensor,
+    objective: str,
+    steps: int,
+    bn: bool = False,
+    probe: Callable[[int, torch.Tensor], None] | None = None,
+    probe_every: int = 50,
+    probe_x: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Train on ``x`` with ``objective`` ("vicreg", "simsiam", "simsiam_no_stop_gradient").
+
+    Returns (embeddings of ``probe_x`` (default ``x``) at initialisation, at the end, final
+    loss); ``probe(step, emb)`` gets the embeddings of ``probe_x`` at step 0 and every
+    ``probe_every`` steps.
+    """
+    probe_x = x if probe_x is None else probe_x
     backbone, projector, predictor = networks(1, bn)
-    start = embed(x, backbone, projector)
+    start = embed(probe_x, backbone, projector)
+    if probe is not None:
+        probe(0, start)
     params = [*backbone.parameters(), *projector.parameters(), *predictor.parameters()]
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
     g = torch.Generator().manual_seed(0)
     loss = torch.tensor(0.0)
-    for _ in range(steps):
+    for step in range(steps):
         idx = torch.randint(0, len(x), (256,), generator=g)
         z1, z2 = projector(backbone(augment(x[idx], g))), projector(backbone(augment(x[idx], g)))
         if objective == "vicreg":
@@ -74,7 +93,9 @@ def train(x: torch.Tensor, objective: str, steps: int, bn: bool = False) -> tupl
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return start, embed(x, backbone, projector), float(loss.detach())
+        if probe is not None and (step + 1) % probe_every == 0:
+            probe(step + 1, embed(probe_x, backbone, projector))
+    return start, embed(probe_x, backbone, projector), float(loss.detach())
 
 
 def row(name: str, z: torch.Tensor, reference: torch.Tensor | None, loss: float | None = None) -> None:
@@ -106,6 +127,10 @@ def main() -> None:
     deep = nn.Sequential(*[m for i in range(12) for m in (nn.Linear(64 if i == 0 else 256, 256), nn.ReLU())])
     with torch.no_grad():
         row("random 12-layer ReLU MLP", deep(x), None)
+    trajectory: list[str] = []
+    train(x, "vicreg", args.steps, probe_every=10,
+          probe=lambda step, emb: trajectory.append(f"{step}:{effective_rank(emb):.1f}"))
+    print("VICReg effective rank every 10 steps (step:erank):", " ".join(trajectory))
     for objective, steps, bn in (
         ("vicreg", args.steps, False),
         ("simsiam", args.steps, False),

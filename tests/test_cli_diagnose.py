@@ -117,6 +117,7 @@ def test_missing_file_nan_and_wrong_rank_exit_2(tmp_path: Path, capsys) -> None:
     assert _run(capsys)[0] == 2  # neither FILE nor --demo
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_objects_are_never_unpickled(tmp_path: Path, capsys) -> None:
     class Evil:
         def __reduce__(self):

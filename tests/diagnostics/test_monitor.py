@@ -117,3 +117,19 @@ def test_monitor_with_codes_pads_history_of_late_metrics() -> None:
     perplexity = monitor.history["emb"]["code_perplexity"]
     assert len(perplexity) == 2 and perplexity[1] == pytest.approx(1.0)
     assert monitor.levels["emb"]["cluster"] == ["n/a", "collapsed"]
+
+
+def test_warmup_records_levels_but_raises_no_alarm_until_it_ends() -> None:
+    monitor = CollapseMonitor(warmup_steps=20)
+    g = torch.Generator().manual_seed(7)
+    healthy = torch.randn(200, 16, generator=g)
+    collapsed = torch.ones(200, 16)
+    assert monitor.update(0, {"emb": healthy}) == []
+    assert monitor.update(10, {"emb": collapsed}) == []  # a dip during warm-up: recorded, silent
+    assert monitor.levels["emb"]["complete"] == ["healthy", "collapsed"]
+    assert monitor.first_unhealthy["emb"] == {}
+    alarms = monitor.update(20, {"emb": collapsed})  # still collapsed after warm-up: announced
+    assert [(a.mode, a.level, a.previous) for a in alarms if a.mode == "complete"] == [
+        ("complete", "collapsed", "healthy")
+    ]
+    assert monitor.first_unhealthy["emb"]["complete"] == 20
