@@ -1,0 +1,161 @@
+"""``collapselab eval``: kNN, linear probe and clustering scores of frozen features."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from collapselab._validation import InputError
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+LABELS = {
+    "knn_top1": "kNN top-1",
+    "knn_top5": "kNN top-5",
+    "linear_top1": "linear top-1",
+    "linear_train_top1": "linear train top-1",
+    "nmi": "k-means NMI",
+    "ari": "k-means ARI",
+    "acc": "k-means ACC",
+    "codes_nmi": "codes NMI",
+    "codes_ari": "codes ARI",
+    "codes_acc": "codes ACC",
+}
+COLUMNS = (
+    ("", "features"),
+    ("baseline_pixels_", "raw pixels"),
+    ("baseline_random_", "random init"),
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from collapselab.evaluation import BASELINES, PROTOCOLS
+    from collapselab.evaluation.clustering import DEFAULT_N_INIT
+    from collapselab.evaluation.knn import DEFAULT_K, DEFAULT_TEMPERATURE
+    from collapselab.evaluation.linear import DEFAULT_L2
+
+    parser = subparsers.add_parser(
+        "eval",
+        help="kNN, linear probe and clustering scores of frozen features",
+        description=(
+            "Score a frozen representation by weighted kNN (top-1/top-5), a linear probe (top-1) and "
+            "k-means clustering (NMI, ARI, Hungarian ACC), with the raw-pixel baseline beside it "
+            "when --dataset names the images the features came from. Accuracies are fractions. "
+            "Exit 0 when done, 2 on bad input."
+        ),
+    )
+    parser.add_argument(
+        "source",
+        nargs="?",
+        metavar="RUN_DIR|CHECKPOINT",
+        help="a training run or checkpoint (arrives with the trainer; use --features for now)",
+    )
+    parser.add_argument(
+        "--features",
+        metavar="FILE",
+        help=".npz or .pt with train_features, train_labels, test_features, test_labels [, test_codes]",
+    )
+    parser.add_argument(
+        "--dataset", help="dataset the features came from (enables the raw-pixel baseline)"
+    )
+    parser.add_argument("--data-dir", help="where the dataset files live")
+    parser.add_argument(
+        "--protocol",
+        action="append",
+        choices=PROTOCOLS,
+        dest="protocols",
+        help="run only this protocol (repeatable; default: all)",
+    )
+    parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    parser.add_argument(
+        "--k", type=int, default=DEFAULT_K, help=f"kNN neighbours (default {DEFAULT_K})"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=DEFAULT_TEMPERATURE,
+        help=f"kNN vote temperature (default {DEFAULT_TEMPERATURE})",
+    )
+    parser.add_argument(
+        "--l2",
+        type=float,
+        nargs="+",
+        default=[DEFAULT_L2],
+        help=f"probe weight decay; several values pick one on a validation split (default {DEFAULT_L2})",
+    )
+    parser.add_argument(
+        "--n-init",
+        type=int,
+        default=DEFAULT_N_INIT,
+        help=f"k-means restarts (default {DEFAULT_N_INIT})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for k-means and the probe's validation split"
+    )
+    parser.add_argument("--device", help="compute device, e.g. cuda (default: cpu)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=run, baselines=BASELINES)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from collapselab.evaluation import PROTOCOLS, evaluate, load_features
+
+    if args.source and args.features:
+        print("error: give either RUN_DIR|CHECKPOINT or --features FILE, not both", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.features:
+            source = load_features(args.features)
+        elif args.source:
+            source = args.source
+        else:
+            print("error: give --features FILE (train/test features and labels)", file=sys.stderr)
+            return EXIT_USAGE
+        results = evaluate(
+            source,
+            args.dataset,
+            protocols=tuple(args.protocols) if args.protocols else PROTOCOLS,
+            baselines=() if args.no_baselines else args.baselines,
+            k=args.k,
+            temperature=args.temperature,
+            l2=args.l2[0] if len(args.l2) == 1 else args.l2,
+            n_init=args.n_init,
+            seed=args.seed,
+            device=args.device,
+            data_dir=args.data_dir,
+        )
+    except NotImplementedError as err:
+        print(
+            f"error: {err}\n(on the command line: save the features and pass --features FILE)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    except (InputError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(format_table(results))
+    return EXIT_OK
+
+
+def format_table(results: dict[str, float]) -> str:
+    """Metrics as rows, the representation and its baselines as columns."""
+    columns = [COLUMNS[0]] + [
+        (prefix, title)
+        for prefix, title in COLUMNS[1:]
+        if any(key.startswith(prefix) for key in results)
+    ]
+    lines = [f"{'':<20}" + "".join(f"{title:>13}" for _, title in columns)]
+    for key, label in LABELS.items():
+        if key not in results:
+            continue
+        cells = []
+        for prefix, _ in columns:
+            value = results.get(prefix + key)
+            cells.append(f"{value:>13.4f}" if value is not None else f"{'-':>13}")
+        lines.append(f"{label:<20}" + "".join(cells))
+    return "\n".join(lines)

@@ -1,0 +1,273 @@
+"""``evaluate``: every protocol on one representation, with its floors (raw pixels, random init) beside it."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from collapselab._validation import ArrayLike, InputError
+from collapselab.evaluation.clustering import DEFAULT_N_INIT, code_clustering, kmeans_clustering
+from collapselab.evaluation.features import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_OUTPUT_KEY,
+    FeatureSplits,
+    cached_features,
+    extract_features,
+    model_fingerprint,
+    random_init_copy,
+)
+from collapselab.evaluation.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_accuracy
+from collapselab.evaluation.linear import DEFAULT_L2, linear_probe
+
+PROTOCOLS = ("knn", "linear", "clustering")
+BASELINES = ("pixels", "random")
+CHECKPOINT_PENDING = (
+    "checkpoint loading arrives with the trainer: evaluate() does not read run directories or "
+    "checkpoint files yet. Pass the backbone as an nn.Module, or precomputed features "
+    "(a FeatureSplits, a dict with train_features/train_labels/test_features/test_labels, "
+    "or ((train_features, train_labels), (test_features, test_labels)))"
+)
+
+Source = nn.Module | FeatureSplits | Mapping | tuple | str | os.PathLike
+
+
+def _check_names(given: Sequence[str] | str, valid: tuple[str, ...], what: str) -> tuple[str, ...]:
+    names = (given,) if isinstance(given, str) else tuple(given)
+    for name in names:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise InputError(f"unknown {what} {name!r}{hint} (choose from {', '.join(valid)})")
+    return names
+
+
+def load_checkpoint_source(path: str | os.PathLike) -> Any:
+    """Hook for run directories and checkpoint files; the trainer (issue 7) will implement it.
+
+    It is to return the backbone ``nn.Module`` (and, through it, the input transform and the run
+    directory whose summary.json receives the results). Until then it raises.
+    """
+    raise NotImplementedError(f"{path}: {CHECKPOINT_PENDING}")
+
+
+def _as_splits(source: Any) -> FeatureSplits:
+    if isinstance(source, FeatureSplits):
+        return source
+    if isinstance(source, Mapping):
+        return FeatureSplits.from_mapping(source)
+    if (
+        isinstance(source, (tuple, list))
+        and len(source) == 2
+        and all(isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in source)
+    ):
+        (train_features, train_labels), (test_features, test_labels) = source
+        return FeatureSplits(train_features, train_labels, test_features, test_labels)
+    raise InputError(
+        f"cannot evaluate a {type(source).__name__}: pass an nn.Module, a FeatureSplits, a dict with "
+        "train_features/train_labels/test_features/test_labels, or ((train_features, train_labels), "
+        "(test_features, test_labels))"
+    )
+
+
+def _load_dataset(
+    dataset: str, data_dir: str | os.PathLike | None, download: bool
+) -> tuple[Any, Any]:
+    from collapselab.data import get_dataset
+
+    return (
+        get_dataset(dataset, "train", data_dir=data_dir, download=download),
+        get_dataset(dataset, "test", data_dir=data_dir, download=download),
+    )
+
+
+def pixel_splits(train: Any, test: Any) -> FeatureSplits:
+    """Raw-pixel features: images flattened to (N, C·H·W) and scaled to [0, 1]."""
+
+    def flat(images: torch.Tensor) -> torch.Tensor:
+        return images.reshape(images.shape[0], -1).to(torch.float32).div_(255.0)
+
+    return FeatureSplits(flat(train.images), train.labels, flat(test.images), test.labels)
+
+
+def run_protocols(
+    splits: FeatureSplits,
+    protocols: Sequence[str] = PROTOCOLS,
+    *,
+    k: int = DEFAULT_K,
+    temperature: float = DEFAULT_TEMPERATURE,
+    l2: float | Sequence[float] = DEFAULT_L2,
+    n_init: int = DEFAULT_N_INIT,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """The chosen protocols on one :class:`FeatureSplits`; clustering runs on the test split."""
+    protocols = _check_names(protocols, PROTOCOLS, "protocol")
+    s = splits
+    results: dict[str, float] = {}
+    if "knn" in protocols:
+        results.update(
+            knn_accuracy(
+                s.train_features,
+                s.train_labels,
+                s.test_features,
+                s.test_labels,
+                k=k,
+                temperature=temperature,
+                device=device,
+            )
+        )
+    if "linear" in protocols:
+        results.update(
+            linear_probe(
+                s.train_features,
+                s.train_labels,
+                s.test_features,
+                s.test_labels,
+                l2=l2,
+                seed=seed,
+                device=device,
+            )
+        )
+    if "clustering" in protocols:
+        results.update(kmeans_clustering(s.test_features, s.test_labels, n_init=n_init, seed=seed))
+        if s.test_codes is not None:
+            results.update(code_clustering(s.test_codes, s.test_labels))
+    return results
+
+
+def evaluate(
+    source: Source,
+    dataset: str | None = "digits",
+    *,
+    protocols: Sequence[str] = PROTOCOLS,
+    baselines: Sequence[str] = BASELINES,
+    codes: ArrayLike | None = None,
+    k: int = DEFAULT_K,
+    temperature: float = DEFAULT_TEMPERATURE,
+    l2: float | Sequence[float] = DEFAULT_L2,
+    n_init: int = DEFAULT_N_INIT,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    output_key: str = DEFAULT_OUTPUT_KEY,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    cache: str | os.PathLike | None = None,
+) -> dict[str, float]:
+    """kNN, linear probe and clustering scores of a frozen representation, with baselines.
+
+    Args:
+        source: a feature extractor ``nn.Module`` (frozen: run in eval mode without gradients on
+            ``dataset``'s train and test images), or precomputed features (see
+            :class:`FeatureSplits`). Run directories and checkpoint paths arrive with the trainer
+            and raise ``NotImplementedError`` for now.
+        dataset: registered dataset name (``collapselab datasets``). For a module, the images to
+            embed; for features, the source of the raw-pixel baseline (its splits must match the
+            features' labels); None skips it.
+        protocols: any of ``"knn"``, ``"linear"``, ``"clustering"``.
+        baselines: any of ``"pixels"`` (raw pixels in [0, 1]) and ``"random"`` (the same
+            architecture re-initialised under ``seed``; modules only); () for none.
+        codes: (M,) code indices or (M, c) code probabilities of the test samples, for the
+            argmax-code NMI/ARI/ACC (overrides ``test_codes`` in features).
+        k, temperature: kNN neighbours and vote temperature τ; l2: probe λ (or candidates);
+            n_init: k-means restarts; seed: k-means, probe validation split and random init.
+        device: where to embed and compute (default: the module's device / the features').
+        batch_size, transform, output_key: feature extraction (see :func:`extract_features`).
+        data_dir, download: where the dataset lives / fetch it if missing.
+        cache: .npz path caching the module's features, keyed by weights and dataset.
+
+    Returns:
+        Flat dict of floats (accuracies and scores as fractions in [0, 1]): ``knn_top1``,
+        ``knn_top5``, ``linear_top1``, ``linear_train_top1``, ``nmi``, ``ari``, ``acc``
+        [``codes_nmi``, ``codes_ari``, ``codes_acc``], and the same keys prefixed with
+        ``baseline_pixels_`` and ``baseline_random_``.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        source = load_checkpoint_source(source)
+    protocols = _check_names(protocols, PROTOCOLS, "protocol")
+    baselines = _check_names(baselines, BASELINES, "baseline")
+    data = _load_dataset(dataset, data_dir, download) if dataset is not None else None
+
+    if isinstance(source, nn.Module):
+        if data is None:
+            raise InputError(
+                "evaluating an nn.Module needs images: pass dataset=<name> (see `collapselab datasets`)"
+            )
+        train, test = data
+
+        def embed(model: nn.Module) -> FeatureSplits:
+            def extract(images: torch.Tensor) -> torch.Tensor:
+                return extract_features(
+                    model,
+                    images,
+                    batch_size=batch_size,
+                    device=device,
+                    transform=transform,
+                    output_key=output_key,
+                )
+
+            return FeatureSplits(
+                extract(train.images), train.labels, extract(test.images), test.labels
+            )
+
+        fingerprint = model_fingerprint(source, dataset, len(train), len(test), output_key)
+        splits = cached_features(cache, fingerprint, lambda: embed(source))
+    else:
+        splits = _as_splits(source)
+        if data is not None:
+            _check_matches_dataset(splits, data, dataset)
+    if codes is not None:
+        splits = FeatureSplits(
+            splits.train_features,
+            splits.train_labels,
+            splits.test_features,
+            splits.test_labels,
+            test_codes=codes,
+        )
+
+    settings = dict(k=k, temperature=temperature, l2=l2, n_init=n_init, seed=seed, device=device)
+    results = run_protocols(splits, protocols, **settings)
+    if "pixels" in baselines and data is not None:
+        pixels = run_protocols(pixel_splits(*data), protocols, **settings)
+        results.update({f"baseline_pixels_{key}": value for key, value in pixels.items()})
+    if "random" in baselines and isinstance(source, nn.Module):
+        random_features = embed(random_init_copy(source, seed=seed))
+        random = run_protocols(random_features, protocols, **settings)
+        results.update({f"baseline_random_{key}": value for key, value in random.items()})
+    return results
+
+
+def _check_matches_dataset(splits: FeatureSplits, data: tuple[Any, Any], dataset: str) -> None:
+    for split, features, labels, part in (
+        ("train", splits.train_features, splits.train_labels, data[0]),
+        ("test", splits.test_features, splits.test_labels, data[1]),
+    ):
+        if len(features) != len(part) or not torch.equal(labels.cpu(), part.labels.cpu()):
+            raise InputError(
+                f"{split} features ({len(features)} rows) do not match dataset {dataset!r} "
+                f"({len(part)} {split} samples, labels in the same order); pass dataset=None to skip "
+                "the raw-pixel baseline, or the dataset the features were computed on"
+            )
+
+
+def append_to_summary(
+    run_dir: str | os.PathLike, results: Mapping[str, float], key: str = "eval"
+) -> Path:
+    """Merge ``results`` into ``run_dir/summary.json`` under ``key`` (atomic replace); returns the path."""
+    path = Path(run_dir) / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    if not isinstance(summary, dict):
+        raise InputError(f"{path}: expected a JSON object, found {type(summary).__name__}")
+    summary.setdefault(key, {}).update(results)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path

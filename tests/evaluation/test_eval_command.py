@@ -1,0 +1,104 @@
+"""`collapselab eval`: features files, table and JSON output, exit codes, clear errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from collapselab.commands import eval as eval_command
+from collapselab.data import get_dataset
+
+
+def _main(argv: list[str]) -> int:
+    """The `collapselab` dispatcher with this subcommand registered (independent of cli.py's list)."""
+    parser = argparse.ArgumentParser(prog="collapselab")
+    eval_command.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def features_file(tmp_path_factory) -> Path:
+    train, test = get_dataset("digits", "train"), get_dataset("digits", "test")
+    projection = np.random.default_rng(0).normal(size=(64, 12))
+    path = tmp_path_factory.mktemp("features") / "digits_features.npz"
+    np.savez(
+        path,
+        train_features=train.images.reshape(len(train), -1).numpy() @ projection,
+        train_labels=train.labels.numpy(),
+        test_features=test.images.reshape(len(test), -1).numpy() @ projection,
+        test_labels=test.labels.numpy(),
+    )
+    return path
+
+
+def test_json_output_holds_the_requested_protocols_only(features_file, capsys):
+    code = _main(
+        ["eval", "--features", str(features_file), "--protocol", "knn", "--k", "20", "--json"]
+    )
+    results = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert set(results) == {"knn_top1", "knn_top5"} and 0.5 < results["knn_top1"] <= 1.0
+
+
+def test_table_puts_the_raw_pixel_baseline_beside_the_features(features_file, capsys):
+    code = _main(
+        [
+            "eval",
+            "--features",
+            str(features_file),
+            "--dataset",
+            "digits",
+            "--protocol",
+            "knn",
+            "--protocol",
+            "clustering",
+            "--n-init",
+            "2",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    header, *rows = out.strip().splitlines()
+    assert header.split() == ["features", "raw", "pixels"]
+    assert [row.split()[0] for row in rows] == ["kNN", "kNN", "k-means", "k-means", "k-means"]
+
+
+def test_run_directory_exits_2_saying_checkpoints_arrive_with_the_trainer(tmp_path, capsys):
+    code = _main(["eval", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "checkpoint loading arrives with the trainer" in err and "--features FILE" in err
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"train_features": np.zeros((4, 2))}, "missing train_labels"),
+        (
+            {
+                "train_features": np.full((4, 2), np.nan),
+                "train_labels": np.arange(4) % 2,
+                "test_features": np.zeros((2, 2)),
+                "test_labels": np.arange(2),
+            },
+            "8 non-finite",
+        ),
+    ],
+)
+def test_bad_features_file_exits_2_with_the_reason(tmp_path, capsys, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    assert _main(["eval", "--features", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_file_and_missing_source_exit_2(tmp_path, capsys):
+    assert _main(["eval", "--features", str(tmp_path / "absent.npz")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert _main(["eval"]) == 2
+    assert "--features FILE" in capsys.readouterr().err
