@@ -95,9 +95,9 @@ def _fit(
     x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, max_iter: int, tolerance: float
 ) -> LinearProbe:
     mean, std = _standardise(x)
-    xs = (x - mean) / std
-    weight = torch.zeros(x.shape[1], n_classes, dtype=x.dtype, device=x.device, requires_grad=True)
-    bias = torch.zeros(n_classes, dtype=x.dtype, device=x.device, requires_grad=True)
+    xs = x.sub(mean).div_(std)  # one (N, D) temporary, not two
+    weight = torch.zeros(x.shape[1], n_classes, dtype=x.dtype, device=x.device)
+    bias = torch.zeros(n_classes, dtype=x.dtype, device=x.device)
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1.0,
@@ -109,15 +109,24 @@ def _fit(
         line_search_fn="strong_wolfe",
     )
 
+    one_hot = F.one_hot(y, n_classes).to(x.dtype)
+    n = x.shape[0]
+
     def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(xs @ weight + bias, y) + 0.5 * l2 * weight.pow(2).sum()
-        loss.backward()
+        # Loss and gradient in closed form (no autograd): with P = softmax(x̃W + b) and
+        # G = (P − onehot(y))/N, ∂L/∂W = x̃ᵀG + λW and ∂L/∂b = Σ_i G_i. x̃ᵀG is computed as
+        # (Gᵀx̃)ᵀ: MKL is ~8x slower on the transposed-view product for a few output columns.
+        with torch.no_grad():
+            logits = torch.addmm(bias, xs, weight)
+            log_p = logits.log_softmax(dim=1)
+            loss = -(log_p * one_hot).sum() / n + 0.5 * l2 * weight.pow(2).sum()
+            residual = (log_p.exp_() - one_hot) / n
+            weight.grad = (residual.T @ xs).T.contiguous().add_(weight, alpha=l2)
+            bias.grad = residual.sum(dim=0)
         return loss
 
-    with torch.enable_grad():
-        optimizer.step(closure)
-        closure()  # gradient at the final point, for the convergence check
+    optimizer.step(closure)
+    closure()  # gradient at the final point, for the convergence check
     gradient = max(float(weight.grad.abs().max()), float(bias.grad.abs().max()))
     iterations = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
     # Stopping before max_iter without meeting the gradient tolerance means the loss or the step
