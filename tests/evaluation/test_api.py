@@ -10,8 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from collapselab._validation import InputError
 from collapselab.data import get_dataset
 from collapselab.evaluation import (
+    CheckpointSource,
     FeatureSplits,
     append_to_summary,
     evaluate,
@@ -210,3 +212,28 @@ def test_evaluate_is_deterministic_across_calls():
     second = evaluate(model, "digits", protocols=("linear", "clustering"), baselines=(), n_init=2)
     assert first == second
     assert np.isfinite(list(first.values())).all()
+
+
+def test_a_module_without_a_dataset_is_told_to_name_one():
+    with pytest.raises(InputError, match=r"needs images: pass dataset=<name>"):
+        evaluate(_small_backbone())
+
+
+def test_checkpoint_hook_result_supplies_dataset_transform_and_summary(tmp_path, monkeypatch):
+    # The trainer (issue 7) implements load_checkpoint_source; evaluate's side is tested here.
+    from collapselab.evaluation import api
+
+    seen = []
+
+    def transform(images):
+        seen.append(images.dtype)
+        return images.float() / 255
+
+    loaded = CheckpointSource(
+        _small_backbone(), dataset="digits", transform=transform, run_dir=tmp_path
+    )
+    monkeypatch.setattr(api, "load_checkpoint_source", lambda path: loaded)
+    result = evaluate(tmp_path, baselines=(), **FAST)
+    assert seen and seen[0] == torch.uint8  # the run's transform received the raw batches
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["eval"] == result

@@ -12,6 +12,7 @@ Accuracies and scores are fractions in [0, 1].
 from collapselab.evaluation.api import (
     BASELINES,
     PROTOCOLS,
+    CheckpointSource,
     append_to_summary,
     evaluate,
     pixel_splits,
@@ -43,6 +44,7 @@ from collapselab.evaluation.linear import (
 __all__ = [
     "BASELINES",
     "PROTOCOLS",
+    "CheckpointSource",
     "ConvergenceWarning",
     "FeatureSplits",
     "LinearProbe",

@@ -6,6 +6,7 @@ import difflib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,6 @@ CHECKPOINT_PENDING = (
     "or ((train_features, train_labels), (test_features, test_labels)))"
 )
 
-Source = nn.Module | FeatureSplits | Mapping | tuple | str | os.PathLike
-
 
 def _check_names(given: Sequence[str] | str, valid: tuple[str, ...], what: str) -> tuple[str, ...]:
     names = (given,) if isinstance(given, str) else tuple(given)
@@ -48,11 +47,32 @@ def _check_names(given: Sequence[str] | str, valid: tuple[str, ...], what: str) 
     return names
 
 
-def load_checkpoint_source(path: str | os.PathLike) -> Any:
-    """Hook for run directories and checkpoint files; the trainer (issue 7) will implement it.
+@dataclass
+class CheckpointSource:
+    """What a run directory or checkpoint provides to :func:`evaluate`.
 
-    It is to return the backbone ``nn.Module`` (and, through it, the input transform and the run
-    directory whose summary.json receives the results). Until then it raises.
+    ``model``: the backbone (frozen feature extractor); ``dataset``: the run's dataset, used when
+    the caller names none; ``transform``: the run's input normalisation for uint8 batches, used
+    when the caller passes none; ``run_dir``: where ``summary.json`` receives the scores
+    (None for a bare checkpoint file); ``output_key``: the model output to read when it returns
+    a dict; ``cache``: default feature-cache path (e.g. ``run_dir/features.npz``).
+    """
+
+    model: nn.Module
+    dataset: str | None = None
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    run_dir: Path | None = None
+    output_key: str | None = None
+    cache: Path | None = None
+
+
+Source = nn.Module | CheckpointSource | FeatureSplits | Mapping | tuple | str | os.PathLike
+
+
+def load_checkpoint_source(path: str | os.PathLike) -> CheckpointSource:
+    """Open a run directory or a checkpoint file for :func:`evaluate` (arrives with the trainer).
+
+    The trainer implements this (issue 7); until then it raises ``NotImplementedError``.
     """
     raise NotImplementedError(f"{path}: {CHECKPOINT_PENDING}")
 
@@ -144,7 +164,7 @@ def run_protocols(
 
 def evaluate(
     source: Source,
-    dataset: str | None = "digits",
+    dataset: str | None = None,
     *,
     protocols: Sequence[str] = PROTOCOLS,
     baselines: Sequence[str] = BASELINES,
@@ -167,11 +187,13 @@ def evaluate(
     Args:
         source: a feature extractor ``nn.Module`` (frozen: run in eval mode without gradients on
             ``dataset``'s train and test images), or precomputed features (see
-            :class:`FeatureSplits`). Run directories and checkpoint paths arrive with the trainer
-            and raise ``NotImplementedError`` for now.
+            :class:`FeatureSplits`). A run directory or checkpoint path goes through
+            :func:`load_checkpoint_source`, which arrives with the trainer and raises
+            ``NotImplementedError`` for now; its scores will be appended to the run's summary.
         dataset: registered dataset name (``collapselab datasets``). For a module, the images to
-            embed; for features, the source of the raw-pixel baseline (its splits must match the
-            features' labels); None skips it.
+            embed (required); for a checkpoint, default the run's dataset; for features, the
+            source of the raw-pixel baseline (its splits must match the features' labels), and
+            None (the default) skips it.
         protocols: any of ``"knn"``, ``"linear"``, ``"clustering"``.
         baselines: any of ``"pixels"`` (raw pixels in [0, 1]) and ``"random"`` (the same
             architecture re-initialised under ``seed``; modules only); () for none.
@@ -190,8 +212,16 @@ def evaluate(
         [``codes_nmi``, ``codes_ari``, ``codes_acc``], and the same keys prefixed with
         ``baseline_pixels_`` and ``baseline_random_``.
     """
+    run_dir = None
     if isinstance(source, (str, os.PathLike)):
         source = load_checkpoint_source(source)
+    if isinstance(source, CheckpointSource):
+        run_dir = source.run_dir
+        dataset = dataset if dataset is not None else source.dataset
+        transform = transform if transform is not None else source.transform
+        output_key = source.output_key or output_key
+        cache = cache if cache is not None else source.cache
+        source = source.model
     protocols = _check_names(protocols, PROTOCOLS, "protocol")
     baselines = _check_names(baselines, BASELINES, "baseline")
     data = _load_dataset(dataset, data_dir, download) if dataset is not None else None
@@ -242,6 +272,8 @@ def evaluate(
         random_features = embed(random_init_copy(source, seed=seed))
         random = run_protocols(random_features, protocols, **settings)
         results.update({f"baseline_random_{key}": value for key, value in random.items()})
+    if run_dir is not None:
+        append_to_summary(run_dir, results)
     return results
 
 
