@@ -127,3 +127,18 @@ def test_separable_data_without_weight_decay_warns_that_lbfgs_did_not_converge()
     train, labels = _separable(200, 5, 2, margin=1.0, seed=4)
     with pytest.warns(ConvergenceWarning, match="max_iter=5"):
         fit_linear_probe(train, labels, l2=0.0, max_iter=5)
+
+
+def test_a_class_only_in_the_test_split_is_never_predicted_and_counts_as_wrong(
+    digits_pixels,
+):
+    import warnings
+
+    xtr, ytr, xte, yte = digits_pixels
+    keep = ytr != 9  # class 9 appears in the test split only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = linear_probe(xtr[keep], ytr[keep], xte, yte)
+    share_of_nines = float((yte == 9).double().mean())
+    assert result["linear_top1"] <= 1 - share_of_nines
+    assert result["linear_top1"] > 0.8

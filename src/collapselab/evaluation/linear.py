@@ -212,25 +212,29 @@ def linear_probe(
 ) -> dict[str, float]:
     """Fit on the train split, score on the held-out test split.
 
-    Labels may be any integers (mapped to 0..C−1 over both splits). Returns fractions in [0, 1]:
+    Labels may be any integers; a class absent from the train split is never predicted (its
+    test samples count as errors). Returns fractions in [0, 1]:
     ``linear_top1`` (test) and ``linear_train_top1`` (train; a large gap means overfitting).
     """
-    xtr, ytr, xte, yte, n_classes = check_split_pair(
+    xtr, ytr, xte, yte, _ = check_split_pair(
         train_features, train_labels, test_features, test_labels
     )
+    # Fit on the classes the train split holds: a test-only class has no data, its logit would
+    # only drift towards −∞. Predictions are mapped back to the codes shared by both splits.
+    train_classes, ytr_fit = torch.unique(ytr, return_inverse=True)
     probe = fit_linear_probe(
         xtr,
-        ytr,
+        ytr_fit,
         l2=l2,
-        n_classes=n_classes,
+        n_classes=len(train_classes),
         max_iter=max_iter,
         tolerance=tolerance,
         seed=seed,
         device=device,
         dtype=dtype,
     )
-    test_hits = probe.predict(xte).cpu() == yte
-    train_hits = probe.predict(xtr).cpu() == ytr
+    test_hits = train_classes[probe.predict(xte).cpu()] == yte
+    train_hits = train_classes[probe.predict(xtr).cpu()] == ytr
     return {
         "linear_top1": float(test_hits.double().mean()),
         "linear_train_top1": float(train_hits.double().mean()),
