@@ -1,10 +1,10 @@
 """Weighted k-nearest-neighbour classification of frozen features (science.md §6).
 
 Protocol (Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance Discrimination",
-CVPR 2018, §3.5; the defaults of lightly's ``knn_predict``, k = 200 and τ = 0.1; solo-learn's
-``WeightedKNNClassifier`` votes the same way): features are L2-normalised, so the similarity
-s_ij = ⟨x̂_i, x̂_j⟩ is the cosine. A test sample i takes its k most similar training samples
-N_k(i), each voting for its class with weight exp(s_ij / τ):
+CVPR 2018, weighted kNN evaluation; the defaults of lightly's ``knn_predict``, k = 200 and τ = 0.1;
+solo-learn's ``WeightedKNNClassifier`` votes the same way): features are L2-normalised, so the
+similarity s_ij = ⟨x̂_i, x̂_j⟩ is the cosine. A test sample i takes its k most similar training
+samples N_k(i), each voting for its class with weight exp(s_ij / τ):
 
     score_c(i) = Σ_{j ∈ N_k(i)} exp(s_ij / τ) · [y_j = c]
 

@@ -13,8 +13,8 @@ a full-batch quasi-Newton method reaches it without a learning rate, epochs, bat
 schedule to tune; no sampling means the same inputs give the same weights, bit for bit on one
 device. Frozen features fit in memory (50,000 × 512 in float64 is 200 MB), which is the regime of
 this library. It is the protocol of Kornblith et al., "Do Better ImageNet Models Transfer
-Better?" (CVPR 2019, §3: L-BFGS, ℓ2-regularised multinomial logistic regression, λ chosen on a
-validation split), used for SimCLR's transfer tables (Chen et al. 2020, Appendix B.5), and the
+Better?" (CVPR 2019: L-BFGS, ℓ2-regularised multinomial logistic regression, λ chosen on a
+validation split), used for SimCLR's linear-transfer results (Chen et al. 2020, appendix), and the
 objective of scikit-learn's ``LogisticRegression`` (its C equals 1/(λN)). ImageNet-scale probes
 with augmentation (SGD + cosine schedule, as in solo-learn) are out of scope: features here are
 frozen and un-augmented.
