@@ -102,3 +102,14 @@ def test_missing_file_and_missing_source_exit_2(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert _main(["eval"]) == 2
     assert "--features FILE" in capsys.readouterr().err
+
+
+def test_l2_accepts_comma_separated_candidates_and_rejects_non_numbers(features_file, capsys):
+    argv = ["eval", "--features", str(features_file), "--protocol", "linear", "--json"]
+    assert _main([*argv, "--l2", "1e-4,1e-2"]) == 0
+    searched = json.loads(capsys.readouterr().out)
+    assert _main([*argv, "--l2", "1e-4"]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert set(searched) == set(single) == {"linear_top1", "linear_train_top1"}
+    with pytest.raises(SystemExit):
+        _main([*argv, "--l2", "1e-4,abc"])

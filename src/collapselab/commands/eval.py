@@ -79,10 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--l2",
-        type=float,
-        nargs="+",
+        type=_floats,
         default=[DEFAULT_L2],
-        help=f"probe weight decay; several values pick one on a validation split (default {DEFAULT_L2})",
+        metavar="L2[,L2...]",
+        help=f"probe weight decay λ; comma-separated values pick one on a validation split "
+        f"(default {DEFAULT_L2})",
     )
     parser.add_argument(
         "--n-init",
@@ -97,6 +98,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run, baselines=BASELINES)
     return parser
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}"
+        ) from err
 
 
 def run(args: argparse.Namespace) -> int:
