@@ -8,5 +8,6 @@ from __future__ import annotations
 __version__ = "0.1.0.dev0"
 
 from collapselab.diagnostics import CollapseMonitor, Diagnosis, diagnose
+from collapselab.evaluation import evaluate
 
-__all__ = ["CollapseMonitor", "Diagnosis", "__version__", "diagnose"]
+__all__ = ["CollapseMonitor", "Diagnosis", "__version__", "diagnose", "evaluate"]
