@@ -17,6 +17,8 @@ from collapselab import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "collapselab.commands.diagnose",
     "collapselab.commands.datasets",
+    "collapselab.commands.theory",
+    "collapselab.commands.verify",
 )
 
 EXIT_OK = 0

@@ -150,6 +150,12 @@ def register_claim(new: Claim, *, replace: bool = False) -> Claim:
     return new
 
 
+def unregister_claim(claim_id: str) -> Claim:
+    """Remove a claim from the ledger and return it (e.g. a temporary claim in a test)."""
+    get_claim(claim_id)
+    return _REGISTRY.pop(claim_id)
+
+
 def claim(id: str, *, source: str, statement: str, counterfactual: str, slow: bool = False):
     """Decorator form of :func:`register_claim` for a check function."""
 

@@ -389,12 +389,15 @@ def integrate_sgd(
 def mode_quantities(state: LinearState) -> dict[str, torch.Tensor]:
     """Per-mode (s_j, p_j, τ_j) in the eigenbasis of F = WWᵀ, modes sorted by s_j descending.
 
-    s_j = eigenvalues of F; p_j = u_jᵀW_pu_j (1 without predictor); τ_j = u_jᵀW_aWᵀu_j / s_j
+    s_j = eigenvalues of F (squared singular values of W); p_j = u_jᵀW_pu_j (1 without predictor); τ_j = u_jᵀW_aWᵀu_j / s_j
     (1 for direct/stopgrad; NaN where s_j = 0). Each (B, d).
     """
     W = state.W
-    s, U = torch.linalg.eigh(W @ W.transpose(-1, -2))
-    s, U = s.flip(-1).clamp_min(0), U.flip(-1)
+    U, sv, _ = torch.linalg.svd(W, full_matrices=True)  # accurate for tiny singular values
+    d = W.shape[-2]
+    if sv.shape[-1] < d:
+        sv = torch.cat([sv, sv.new_zeros(*sv.shape[:-1], d - sv.shape[-1])], dim=-1)
+    s = sv.square()
     if state.Wp is None:
         p = torch.ones_like(s)
     else:
