@@ -149,29 +149,37 @@ def jacobian(
         )
     )
     shape = values["p"].shape
-    flat = {k: v.reshape(-1) for k, v in values.items()}
-
-    def field_of(x, eta_, alpha_, beta_, sig_, p_, tau_):
-        var = dict(zip(names, x, strict=True))
+    flat = {k: v.reshape(-1).clone() for k, v in values.items()}
+    inputs = [flat[k].requires_grad_(True) for k in names]
+    var = dict(zip(names, inputs, strict=True))
+    with torch.enable_grad():
         dp, ds, dtau = vector_field(
-            var.get("p", p_),
+            var.get("p", flat["p"]),
             var["s"],
-            var.get("tau", tau_),
-            eta=eta_,
-            alpha_p=alpha_,
-            beta=beta_,
-            sigma2=sig_,
+            var.get("tau", flat["tau"]),
+            eta=flat["eta"],
+            alpha_p=flat["alpha_p"],
+            beta=flat["beta"],
+            sigma2=flat["sigma2"],
             target=target,
             predictor=predictor,
         )
-        out = {"p": dp, "s": ds, "tau": dtau}
-        return torch.stack([out[k] for k in names])
-
-    x = torch.stack([flat[k] for k in names], dim=-1)
-    jac = torch.func.vmap(torch.func.jacfwd(field_of))(
-        x, flat["eta"], flat["alpha_p"], flat["beta"], flat["sigma2"], flat["p"], flat["tau"]
-    )
-    return jac.reshape(*shape, len(names), len(names))
+        outputs = {"p": dp, "s": ds, "tau": dtau}
+        rows = []
+        for name in names:  # the field is elementwise over the batch: one backward pass per output
+            grads = torch.autograd.grad(
+                outputs[name].sum(), inputs, retain_graph=True, allow_unused=True
+            )
+            rows.append(
+                torch.stack(
+                    [
+                        torch.zeros_like(x) if g is None else g
+                        for g, x in zip(grads, inputs, strict=True)
+                    ],
+                    -1,
+                )
+            )
+    return torch.stack(rows, -2).detach().reshape(*shape, len(names), len(names))
 
 
 def stability(p, s, tau=1.0, **params) -> dict[str, torch.Tensor]:
