@@ -235,3 +235,26 @@ def test_integrate_modes_rejects_bad_input():
         integrate_modes(0.5, 0.5, target="simclr")
     with pytest.raises(InputError, match="finite"):
         integrate_modes(math.nan, 0.5)
+
+
+def test_phase_map_without_predictor_collapses_unless_noise_and_decay_vanish():
+    pm = phase_map(
+        eta=[0.0, 0.05], sigma2=[0.0, 0.3], p0=[0.2, 0.8], target="stopgrad", predictor=False
+    )
+    assert pm.agreement() == 1.0
+    # only η = σ² = 0 keeps s (G = 0: every rate is zero)
+    assert (pm.outcome[0, :, :, 0] == NON_COLLAPSED).all() and (pm.outcome[1] == COLLAPSED).all()
+
+
+@pytest.mark.slow
+def test_benchmark_grid_of_100k_configurations_is_fully_decided_and_matches_theory():
+    for target in ("stopgrad", "ema"):
+        pm = phase_map(
+            eta=np.linspace(0.005, 0.3, 20),
+            alpha_p=[0.5, 1, 2, 4, 8],
+            beta=[0.1, 0.5, 1, 2, 5],
+            sigma2=[0, 0.25, 0.5, 1],
+            p0=np.linspace(-0.2, 1.2, 50),
+            target=target,
+        )
+        assert pm.size == 100_000 and pm.counts()["undecided"] == 0 and pm.agreement() == 1.0

@@ -479,8 +479,9 @@ class PhaseMap:
     """Outcome of every configuration of a Cartesian grid over (η, α_p, β, σ², p(0)).
 
     ``axes`` maps each axis name to its values; arrays have shape (len(eta), len(alpha_p),
-    len(beta), len(sigma2), len(p0)). ``predicted`` is the fixed-τ theory (collapse iff no fixed
-    point or p(0) < p*₋), exact for stop-gradient started on the invariant manifold.
+    len(beta), len(sigma2), len(p0)). ``predicted`` is the theory's verdict: with a predictor
+    (stop-gradient / EMA) the fixed-τ basin (collapse iff no fixed point or p(0) < p*₋), exact on
+    the invariant manifold; for ``direct`` or without a predictor, collapse unless σ² = η = 0.
     """
 
     axes: dict[str, np.ndarray]
@@ -493,6 +494,7 @@ class PhaseMap:
     t_final: np.ndarray
     seconds: float
     s0: str
+    predictor: bool = True
     extra: dict = field(default_factory=dict)
 
     @property
@@ -543,6 +545,7 @@ class PhaseMap:
     def summary(self) -> dict:
         return {
             "target": self.target,
+            "predictor": self.predictor,
             "axes": {k: v.tolist() for k, v in self.axes.items()},
             "configurations": self.size,
             "counts": self.counts(),
@@ -580,7 +583,7 @@ class PhaseMap:
         cmap = ListedColormap(["#c0392b", "#2e86c1", "#bbbbbb"])
         ax.pcolormesh(xs, ys, grid, cmap=cmap, vmin=-0.5, vmax=2.5, shading="nearest")
         fixed = {a: self.axes[a][0] for a in PHASE_AXES if a not in (x, y)}
-        if {x, y} == {"p0", "eta"}:
+        if {x, y} == {"p0", "eta"} and self.predictor and self.target != "direct":
             etas = np.linspace(
                 ys.min() if y == "eta" else xs.min(), ys.max() if y == "eta" else xs.max(), 200
             )
@@ -662,8 +665,10 @@ def phase_map(
         **integrate_kwargs,
     )
     predicted = predicted_collapse(g["p0"], g["eta"], g["sigma2"], tau0).numpy().reshape(shape)
-    if target == "direct":
-        predicted = np.ones(shape, dtype=bool)
+    if target == "direct":  # G < 0 unless σ² = η = 0
+        predicted = ((g["sigma2"] > 0) | (g["eta"] > 0)).numpy().reshape(shape)
+    elif not predictor:  # p ≡ 1: G = τ − (1+σ²) − η, negative unless σ² = η = 0 (τ = 1)
+        predicted = (g["sigma2"] + g["eta"] > 0).numpy().reshape(shape)
     return PhaseMap(
         axes=axes,
         target=target,
@@ -675,6 +680,7 @@ def phase_map(
         t_final=res.t_final.numpy().reshape(shape),
         seconds=res.seconds,
         s0=s_label,
+        predictor=predictor,
         extra={"steps": res.steps, "evaluations": res.evaluations},
     )
 
