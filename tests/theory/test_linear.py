@@ -119,9 +119,10 @@ def test_rk4_converges_to_the_adaptive_solution_at_fourth_order(generator):
     assert 10.0 < errors[0] / errors[1] < 22.0  # halving the step divides the error by ≈ 2⁴
 
 
-def test_sgd_on_sampled_pairs_tracks_the_expected_flow(generator):
+@pytest.mark.parametrize("target", ["stopgrad", "ema"])
+def test_sgd_on_sampled_pairs_tracks_the_expected_flow(target, generator):
     X, Xp = isotropic_data(3, 0.3)
-    model = LinearSSL(X, Xp, target="stopgrad", weight_decay=0.05, batch=1)
+    model = LinearSSL(X, Xp, target=target, weight_decay=0.05, beta=2.0, batch=1)
     W0 = torch.eye(2, 3, dtype=torch.float64)[None] * 0.3
     Wp0 = torch.eye(2, dtype=torch.float64)[None] * 0.4
     _, flow = integrate_rk4(model, LinearState(W0, Wp0), 4.0, dt=0.01, num_records=1)
@@ -136,7 +137,7 @@ def test_sgd_on_sampled_pairs_tracks_the_expected_flow(generator):
     )
     err = float((sgd[-1].W - flow[-1].W).abs().max())
     moved = float((flow[-1].W - W0).abs().max())
-    assert moved > 0.2 and err < 0.1 * moved  # the flow moves; SGD follows it within sampling noise
+    assert moved > 0.15 and err < 0.1 * moved  # the flow moves; SGD follows it within sampling noise
 
 
 def test_simulate_stopgrad_with_predictor_converges_to_p_plus():

@@ -297,6 +297,7 @@ def integrate_rk4(
     model: LinearSSL, y0: LinearState, t_end: float, dt: float = 0.01, num_records: int = 200
 ) -> tuple[torch.Tensor, list[LinearState]]:
     """Expected gradient flow by RK4 with a fixed step; returns record times and states."""
+    y0 = model.check_state(y0)
     steps, every = _record_plan(t_end, dt, num_records)
     h = t_end / steps
     y, times, states = y0, [0.0], [y0]
@@ -336,6 +337,8 @@ def integrate_adaptive(
     """Expected gradient flow with SciPy's adaptive solver (``solve_ivp``, default DOP853)."""
     from scipy.integrate import solve_ivp
 
+    y0 = model.check_state(y0)
+
     def rhs(_t: float, vec: np.ndarray) -> np.ndarray:
         return _flatten(model.vector_field(_unflatten(vec, y0)))
 
@@ -367,6 +370,7 @@ def integrate_sgd(
     """
     if batch_size < 1:
         raise InputError(f"batch_size: need at least one sampled pair per step, got {batch_size}")
+    y0 = model.check_state(y0)
     steps, every = _record_plan(t_end, dt, num_records)
     h = t_end / steps
     y, times, states = y0, [0.0], [y0]
