@@ -17,6 +17,7 @@ from collapselab import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "collapselab.commands.diagnose",
     "collapselab.commands.datasets",
+    "collapselab.commands.eval",
     "collapselab.commands.theory",
     "collapselab.commands.verify",
 )
