@@ -309,22 +309,6 @@ def integrate_rk4(
     return torch.tensor(times, dtype=torch.float64), states
 
 
-def _flatten(state: LinearState) -> np.ndarray:
-    return torch.cat([t.reshape(-1) for t in state if t is not None]).numpy()
-
-
-def _unflatten(vec: np.ndarray, like: LinearState) -> LinearState:
-    flat = torch.from_numpy(np.ascontiguousarray(vec))
-    out, offset = [], 0
-    for t in like:
-        if t is None:
-            out.append(None)
-            continue
-        out.append(flat[offset : offset + t.numel()].reshape(t.shape))
-        offset += t.numel()
-    return LinearState(*out)
-
-
 def integrate_adaptive(
     model: LinearSSL,
     y0: LinearState,
@@ -340,17 +324,25 @@ def integrate_adaptive(
     y0 = model.check_state(y0)
 
     def rhs(_t: float, vec: np.ndarray) -> np.ndarray:
-        return _flatten(model.vector_field(_unflatten(vec, y0)))
+        return flatten_state(model.vector_field(unflatten_state(torch.from_numpy(vec), y0))).numpy()
 
     t_eval = np.linspace(0.0, t_end, max(2, num_records + 1))
     sol = solve_ivp(
-        rhs, (0.0, t_end), _flatten(y0), method=method, t_eval=t_eval, rtol=rtol, atol=atol
+        rhs,
+        (0.0, t_end),
+        flatten_state(y0).numpy(),
+        method=method,
+        t_eval=t_eval,
+        rtol=rtol,
+        atol=atol,
     )
     if not sol.success:
         raise RuntimeError(
             f"adaptive integration failed: {sol.message}; try integrator='rk4' with a small dt"
         )
-    states = [_unflatten(sol.y[:, k].copy(), y0) for k in range(sol.y.shape[1])]
+    states = [
+        unflatten_state(torch.from_numpy(sol.y[:, k].copy()), y0) for k in range(sol.y.shape[1])
+    ]
     return torch.from_numpy(sol.t), states
 
 
