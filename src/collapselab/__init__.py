@@ -9,5 +9,6 @@ __version__ = "0.1.0.dev0"
 
 from collapselab.diagnostics import CollapseMonitor, Diagnosis, diagnose
 from collapselab.evaluation import evaluate
+from collapselab.theory import simulate
 
-__all__ = ["CollapseMonitor", "Diagnosis", "__version__", "diagnose", "evaluate"]
+__all__ = ["CollapseMonitor", "Diagnosis", "__version__", "diagnose", "evaluate", "simulate"]

@@ -22,9 +22,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "collapselab.commands.verify",
 )
 
+# Exit codes shared by every subcommand.
 EXIT_OK = 0
-EXIT_ALARM = 1  # the command ran, and found what --fail-on asked it to report
-EXIT_USAGE = 2  # bad input: unreadable file, wrong shape, unknown option
+EXIT_FAIL = 1  # the command ran and found what it checks for (a collapse past --fail-on, a failed claim)
+EXIT_USAGE = 2  # bad input: unreadable file, wrong shape, unknown name
 
 
 def build_parser() -> argparse.ArgumentParser:

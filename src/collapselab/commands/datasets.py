@@ -8,9 +8,7 @@ import sys
 from typing import Any
 
 from collapselab._validation import InputError
-
-EXIT_OK = 0
-EXIT_USAGE = 2
+from collapselab.cli import EXIT_OK, EXIT_USAGE
 
 
 def _rows(data_dir: str | None) -> list[dict[str, Any]]:

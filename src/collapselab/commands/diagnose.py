@@ -7,8 +7,7 @@ import json
 import sys
 
 from collapselab._validation import InputError
-
-EXIT_OK, EXIT_ALARM, EXIT_USAGE = 0, 1, 2
+from collapselab.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -73,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.fail_on:
         threshold = LEVELS.index(args.fail_on)
         if any(LEVELS.index(d.worst) >= threshold for d in results.values()):
-            return EXIT_ALARM
+            return EXIT_FAIL
     return EXIT_OK
 
 

@@ -7,8 +7,7 @@ import json
 import sys
 
 from collapselab._validation import InputError
-
-EXIT_OK, EXIT_USAGE = 0, 2
+from collapselab.cli import EXIT_OK, EXIT_USAGE
 
 LABELS = {
     "knn_top1": "kNN top-1",

@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 from collapselab._validation import InputError
-
-EXIT_OK, EXIT_USAGE = 0, 2
+from collapselab.cli import EXIT_OK, EXIT_USAGE
 
 
 def parse_grid(text: str) -> list[float]:

@@ -10,8 +10,7 @@ import json
 import sys
 
 from collapselab._validation import InputError
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+from collapselab.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
