@@ -310,3 +310,56 @@ def test_recipe_accepts_an_omegaconf_config():
     aug = build_augment(cfg)
     assert aug.groups[1].config.crop_scale == (0.5, 1.0)
     assert aug.groups[1].config == ViewConfig(saturation=0.2, blur_p=0.1, solarize_p=0.2, crop_scale=(0.5, 1.0))
+
+
+# --- batched fast paths against the per-image formulas ------------------------------------------------
+
+def test_hue_shift_of_several_turns_matches_colorsys():
+    x = rand_images(b=4, h=3, w=4, seed=5)
+    shift = torch.tensor([2.3, -3.7, 1.5, -0.999])
+    out = A.adjust_hue(x, shift).numpy()
+    for b in range(4):
+        for i in range(3):
+            for j in range(4):
+                h, s, v = colorsys.rgb_to_hsv(*x[b, :, i, j].tolist())
+                expected = colorsys.hsv_to_rgb((h + float(shift[b])) % 1.0, s, v)
+                np.testing.assert_allclose(out[b, :, i, j], expected, atol=2e-6)
+
+
+def test_hue_of_a_batch_larger_than_the_cache_block_equals_per_image_hue():
+    b = A._CACHE_BLOCK_ELEMENTS // (3 * 4 * 4) + 5  # spans two slices of the batch
+    x = rand_images(b=b, h=4, w=4, seed=2)
+    shift = torch.rand(b, generator=torch.Generator().manual_seed(3)) - 0.5
+    out = A.adjust_hue(x, shift)
+    for i in (0, b // 2, b - 1):
+        torch.testing.assert_close(out[i:i + 1], A.adjust_hue(x[i:i + 1], shift[i:i + 1]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("strengths", [(0.4, 0.4, 0.4, 0.1), (0.8, 0.0, 0.5, 0.0), (0.0, 0.0, 0.0, 0.3)])
+def test_fused_jitter_equals_the_sequential_reference_per_image(channels, strengths):
+    x = rand_images(b=40, c=channels, seed=4)
+    b, c, s, h = strengths
+    cfg = ViewConfig(brightness=b, contrast=c, saturation=s, hue=h, jitter_p=0.7)
+    p = A.sample_view_params(40, 12, 10, cfg, torch.Generator().manual_seed(9))
+    got = A.color_jitter(x, p, cfg)
+    ops = [A.adjust_brightness, A.adjust_contrast, A.adjust_saturation, A.adjust_hue]
+    for i in range(40):
+        y = x[i:i + 1]
+        if p["jitter"][i]:
+            for k in p["order"][i].tolist():
+                if float(strengths[k]) > 0:
+                    y = ops[k](y, p[A.JITTER_OPS[k]][i:i + 1])
+        torch.testing.assert_close(got[i:i + 1], y, atol=1e-5, rtol=0)
+
+
+def test_grayscale_in_a_view_replaces_exactly_the_selected_images_by_their_luma():
+    x = rand_images(b=16, seed=6)
+    cfg = ViewConfig(grayscale_p=0.5, jitter_p=0.0, flip_p=0.0, crop_scale=(1.0, 1.0), crop_ratio=(1.2, 1.2))
+    p = A.sample_view_params(16, 12, 10, cfg, torch.Generator().manual_seed(1))
+    out = A.apply_view(x, p, cfg)
+    plain = A.resized_crop(x, p["boxes"], (12, 10), flip=p["flip"])
+    g = p["grayscale"]
+    assert g.any() and (~g).any()
+    assert torch.equal(out[~g], plain[~g])
+    assert torch.equal(out[g], A.rgb_to_grayscale(plain[g]).expand(-1, 3, -1, -1))

@@ -221,34 +221,57 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return (x * f).add_(rgb_to_grayscale(x).mul_(1 - f)).clamp_(0.0, 1.0)
 
 
+# elements per slice of the batch in hue's ~20 elementwise passes: ~1.5 MiB of float32 stays in
+# cache between passes (on CPU ~1.5-2x faster than sweeping a whole batch of 512 each pass)
+_CACHE_BLOCK_ELEMENTS = 4 * 3 * 2**15
+# channel n = 5, 3, 1 (R, G, B) minus the centre 2 of the HSV→RGB trapezoid (see adjust_hue)
+_HUE_OFFSETS = (3.0, 1.0, -1.0)
+
+
+def _batch_slices(x: torch.Tensor) -> list[slice]:
+    step = max(1, _CACHE_BLOCK_ELEMENTS // max(1, x[0].numel()))
+    return [slice(i, i + step) for i in range(0, x.shape[0], step)]
+
+
+def _hue_into(x: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Hue rotation of a 3-channel batch written into ``out`` (which may be ``x`` itself)."""
+    r, g, b = x.unbind(1)
+    vmax = torch.maximum(torch.maximum(r, g), b)
+    vmin = torch.minimum(torch.minimum(r, g), b)
+    chroma = vmax - vmin
+    base = vmin.sub_(chroma)  # 2·min − max
+    # hue in sixths: (g − b)/C if R is the maximum, else (b − r)/C + 2 if G is, else
+    # (r − g)/C + 4; C = 0 gives 0 (its numerator is 0). Selection by lerp with 0/1 weights
+    # (exact, and much faster than torch.where on CPU); the R test is applied last so it wins ties
+    is_r = torch.eq(r, vmax, out=torch.empty_like(r))
+    is_g = torch.eq(g, vmax, out=vmax)
+    numerator = torch.lerp((r - g).add_(chroma, alpha=4.0), (b - r).add_(chroma, alpha=2.0), is_g)
+    numerator = numerator.lerp_(g - b, is_r)
+    h6 = torch.addcdiv(6.0 * shift.to(x.dtype).reshape(-1, 1, 1), numerator, chroma.clamp_min(1e-12))
+    # u_n = k_n − 2 with k_n = h6 + n (n = 5, 3, 1), reduced to the nearest multiple of 6:
+    # |u_n − 6·round(u_n/6)| is the distance of k_n from 2 on the hue circle of length 6
+    offsets = torch.tensor(_HUE_OFFSETS, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
+    u = torch.add(h6.unsqueeze(1), offsets)
+    u = u.sub_(torch.round(u * (1 / 6)), alpha=6.0).abs_().clamp_(1.0, 2.0)
+    return torch.addcmul(base.unsqueeze(1), chroma.unsqueeze(1), u, out=out)
+
+
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the HSV hue of each image by ``shift`` turns (any real number; 0 and ±1 are the
     identity); value and saturation are kept. Identity on 1-channel images.
 
-    With V = max(r, g, b), C = V − min(r, g, b) and hue h in turns, the result is
-    ``channel_n = V − C·clamp(min(k, 4 − k), 0, 1)``, ``k = (n + 6(h + shift)) mod 6`` for
-    n = 5, 3, 1 (R, G, B) — the closed form of HSV→RGB.
+    With V = max(r, g, b), m = min(r, g, b), C = V − m and hue h in turns, HSV→RGB in closed
+    form is ``channel_n = V − C·clamp(min(k, 4 − k), 0, 1)``, ``k = (n + 6(h + shift)) mod 6``
+    for n = 5, 3, 1 (R, G, B); computed as the equal ``(2m − V) + C·clamp(d_n, 1, 2)`` with
+    d_n the distance of k from 2 on the circle of length 6. Runs slice by slice of the batch so
+    that its ~20 elementwise passes stay in cache.
     """
     if x.shape[1] == 1:
         return x
-    r, g, b = x.unbind(1)
-    vmax = torch.maximum(torch.maximum(r, g), b)
-    chroma = vmax - torch.minimum(torch.minimum(r, g), b)
-    # hue in sixths: (g − b)/C if R is the maximum, else (b − r)/C + 2 if G is, else
-    # (r − g)/C + 4; C = 0 gives 0 (its numerator is 0). Selection by lerp with 0/1 weights
-    # (exact, and much faster than torch.where on CPU).
-    is_r = (r == vmax).to(x.dtype)
-    is_g = (g == vmax).to(x.dtype).mul_(1.0 - is_r)
-    numerator = torch.lerp((r - g).add_(chroma, alpha=4.0), (b - r).add_(chroma, alpha=2.0), is_g)
-    numerator = numerator.lerp_(g - b, is_r)
-    h6 = numerator.div_(chroma.clamp_min(1e-12))
-    h6.add_(6.0 * shift.to(x.dtype).reshape(-1, 1, 1))
-    # k_n = h6 + n for n = 5, 3, 1 (R, G, B), taken mod 6 (floor-based, valid for any sign)
-    k = torch.stack([h6 + 5.0, h6 + 3.0, h6.add_(1.0)], dim=1)
-    k.sub_(torch.floor(k * (1 / 6)).mul_(6.0))
-    # clamp(min(k, 4 − k), 0, 1) == clamp(2 − |k − 2|, 0, 1) on [0, 6)
-    k.sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
-    return k.mul_(-chroma.unsqueeze(1)).add_(vmax.unsqueeze(1))
+    out = torch.empty_like(x)
+    for s in _batch_slices(x):
+        _hue_into(x[s], shift[s], out[s])
+    return out
 
 
 def solarize(x: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -407,28 +430,20 @@ def sample_view_params(batch: int, height: int, width: int, config: ViewConfig,
     return p
 
 
-def _brightness_(x: torch.Tensor, factor: torch.Tensor) -> None:
-    x.mul_(_per_sample(factor)).clamp_(0.0, 1.0)
-
-
-def _contrast_(x: torch.Tensor, factor: torch.Tensor) -> None:
-    f = _per_sample(factor).to(x.dtype)
-    mean = rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-    x.mul_(f).add_(mean.mul_(1 - f)).clamp_(0.0, 1.0)
-
-
-def _saturation_(x: torch.Tensor, factor: torch.Tensor) -> None:
-    f = _per_sample(factor).to(x.dtype)
-    gray = rgb_to_grayscale(x).mul_(1 - f)
-    x.mul_(f).add_(gray).clamp_(0.0, 1.0)
+def _affine_jitter_(x: torch.Tensor, factor: torch.Tensor, gray_coef: torch.Tensor,
+                    mean_coef: torch.Tensor) -> None:
+    """In place ``x ← clamp(f·x + a·gray(x) + c·mean(gray(x)), 0, 1)``, per image (f, a, c):
+    brightness, contrast and saturation in one form (see :func:`color_jitter`)."""
+    gray = rgb_to_grayscale(x)
+    mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+    bias = torch.addcmul(mean.mul_(_per_sample(mean_coef)), gray, _per_sample(gray_coef))
+    torch.addcmul(bias, x, _per_sample(factor), out=x).clamp_(0.0, 1.0)
 
 
 def _hue_(x: torch.Tensor, shift: torch.Tensor) -> None:
-    x.copy_(adjust_hue(x, shift))
+    for s in _batch_slices(x):
+        _hue_into(x[s], shift[s], x[s])
 
-
-# in-place versions of the public adjust_* functions (same formulas), for slices we own
-_OPS_ = {"brightness": _brightness_, "contrast": _contrast_, "saturation": _saturation_, "hue": _hue_}
 
 
 def color_jitter(x: torch.Tensor, params: Mapping[str, torch.Tensor], config: ViewConfig,
@@ -436,32 +451,44 @@ def color_jitter(x: torch.Tensor, params: Mapping[str, torch.Tensor], config: Vi
     """Apply brightness/contrast/saturation/hue to the images with ``params["jitter"]`` set, each
     image in its own ``params["order"]``; an operation whose strength is 0 is skipped.
 
-    Batched slot by slot: before slot k the jittered images are permuted so that those whose
-    k-th operation is the same lie in one contiguous slice; each operation then runs once per
-    slot on its slice, and the batch is put back in order at the end. ``inplace=True`` writes
-    the result into ``x`` (which must not be needed afterwards).
+    Batched: the jittered images are gathered once and sorted (stably) by the slot that holds
+    hue. At slot k the images whose hue is at slot k form one contiguous run, rotated by the hue
+    op; every other image gets brightness, contrast or saturation, all of the one form
+    ``clamp(f·x + a·gray(x) + c·mean(gray(x)))`` (brightness a = c = 0; contrast a = 0,
+    c = 1 − f; saturation a = 1 − f, c = 0), applied in one pass with per-image (f, a, c) on
+    the one or two runs around the hue run. So each slot costs at most three calls whatever the
+    orders; the batch is scattered back at the end. ``inplace=True`` writes the result into
+    ``x`` (which must not be needed afterwards). Strength 0 draws the factor 1, the identity.
     """
     active = [float(getattr(config, op)) > 0 and not (op in ("saturation", "hue") and x.shape[1] == 1)
               for op in JITTER_OPS]
     if not any(active) or not bool(params["jitter"].any()):
         return x
-    chosen = torch.nonzero(params["jitter"]).squeeze(1)  # original index of each row of xs
-    xs = x[chosen]
-    order = params["order"][chosen]
+    chosen = torch.nonzero(params["jitter"]).squeeze(1)
+    hue = JITTER_OPS.index("hue")
+    hue_slot = torch.argmax((params["order"][chosen] == hue).to(torch.int8), dim=1)
+    sort = torch.argsort(hue_slot, stable=True)
+    chosen, order = chosen[sort], params["order"][chosen[sort]]  # per row of xs
+    xs = x.index_select(0, chosen)
+    # per image and slot: the affine form's (f, a, c); identity (1, 0, 0) where the slot is hue
+    # or the op is off (saturation of a 1-channel image)
+    one = torch.ones_like(params["brightness"][chosen])
+    sat = params["saturation"][chosen] if active[2] else one
+    f = torch.stack([params["brightness"][chosen], params["contrast"][chosen], sat, one], dim=1).gather(1, order)
+    gray_coef = (1 - f) * (order == 2)
+    mean_coef = (1 - f) * (order == 1)
+    bounds = [0, *torch.bincount(hue_slot, minlength=4).cumsum(0).tolist()]
+    n = xs.shape[0]
     for slot in range(4):
-        op_at_slot = order[:, slot]
-        perm = torch.argsort(op_at_slot, stable=True)
-        chosen, xs, order = chosen[perm], xs[perm], order[perm]
-        counts = torch.bincount(order[:, slot], minlength=4).tolist()
-        start = 0
-        for i, n in enumerate(counts):
-            if n and active[i]:
-                op = JITTER_OPS[i]
-                _OPS_[op](xs[start:start + n], params[op][chosen[start:start + n]])
-            start += n
+        lo, hi = (bounds[slot], bounds[slot + 1]) if active[hue] else (n, n)
+        if any(active[:3]):
+            for run in (slice(0, lo), slice(hi, n)):
+                if run.stop > run.start:
+                    _affine_jitter_(xs[run], f[run, slot], gray_coef[run, slot], mean_coef[run, slot])
+        if hi > lo:
+            _hue_(xs[lo:hi], params["hue"][chosen[lo:hi]])
     out = x if inplace else x.clone()
-    out[chosen] = xs
-    return out
+    return out.index_copy_(0, chosen, xs)
 
 
 def apply_view(images: torch.Tensor, params: Mapping[str, torch.Tensor], config: ViewConfig,
@@ -476,8 +503,8 @@ def apply_view(images: torch.Tensor, params: Mapping[str, torch.Tensor], config:
     x = resized_crop(x, params["boxes"], (out_h, out_w), flip=params["flip"])
     x = color_jitter(x, params, config, inplace=True)  # x is the crop's fresh output
     if config.grayscale_p > 0 and x.shape[1] == 3 and bool(params["grayscale"].any()):
-        weight = params["grayscale"].to(x.dtype).reshape(-1, 1, 1, 1)
-        x = x.lerp_(rgb_to_grayscale(x).expand_as(x), weight)  # weights 0/1: exact
+        idx = torch.nonzero(params["grayscale"]).squeeze(1)
+        x.index_copy_(0, idx, rgb_to_grayscale(x.index_select(0, idx)).expand(-1, 3, -1, -1))
     if config.blur_p > 0 and bool(params["blur"].any()):
         idx = torch.nonzero(params["blur"]).squeeze(1)
         x[idx] = gaussian_blur(x[idx], params["sigma"][idx], config.kernel_size(out_h, out_w))
