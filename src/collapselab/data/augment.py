@@ -224,8 +224,8 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 # elements per slice of the batch in hue's ~20 elementwise passes: ~1.5 MiB of float32 stays in
 # cache between passes (on CPU ~1.5-2x faster than sweeping a whole batch of 512 each pass)
 _CACHE_BLOCK_ELEMENTS = 4 * 3 * 2**15
-# channel n = 5, 3, 1 (R, G, B) minus the centre 2 of the HSV→RGB trapezoid (see adjust_hue)
-_HUE_OFFSETS = (3.0, 1.0, -1.0)
+# n for the channels R, G, B in HSV→RGB's closed form (see _hue_into)
+_HUE_OFFSETS = (5.0, 3.0, 1.0)
 
 
 def _batch_slices(x: torch.Tensor) -> list[slice]:
@@ -247,12 +247,16 @@ def _hue_into(x: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.
     is_g = torch.eq(g, vmax, out=vmax)
     numerator = torch.lerp((r - g).add_(chroma, alpha=4.0), (b - r).add_(chroma, alpha=2.0), is_g)
     numerator = numerator.lerp_(g - b, is_r)
-    h6 = torch.addcdiv(6.0 * shift.to(x.dtype).reshape(-1, 1, 1), numerator, chroma.clamp_min(1e-12))
-    # u_n = k_n − 2 with k_n = h6 + n (n = 5, 3, 1), reduced to the nearest multiple of 6:
-    # |u_n − 6·round(u_n/6)| is the distance of k_n from 2 on the hue circle of length 6
-    offsets = torch.tensor(_HUE_OFFSETS, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
-    u = torch.add(h6.unsqueeze(1), offsets)
-    u = u.sub_(torch.round(u * (1 / 6)), alpha=6.0).abs_().clamp_(1.0, 2.0)
+    h6 = numerator.div_(chroma.clamp_min(1e-12))  # in [-1, 5]
+    # k_n = h6 + 6·shift + n (n = 5, 3, 1) and T_n = clamp(d_n, 1, 2) with d_n the distance of
+    # k_n from 2 on the hue circle of length 6. Per image and channel, sigma_n ≡ 6·shift + n − 5
+    # (mod 6) taken in [−5, 1) puts v_n = h6 + sigma_n in [−6, 6], where d_n = ||v_n| − 3|.
+    turns = shift.to(x.dtype)
+    turns = turns - torch.round(turns)  # exact; keeps 6·shift small and precise
+    offsets = torch.tensor(_HUE_OFFSETS, dtype=x.dtype, device=x.device)
+    sigma = torch.remainder(6.0 * turns[:, None] + offsets, 6.0).sub_(5.0)  # (B, 3)
+    v = torch.add(h6.unsqueeze(1), sigma[:, :, None, None])
+    u = v.abs_().sub_(3.0).abs_().clamp_(1.0, 2.0)
     return torch.addcmul(base.unsqueeze(1), chroma.unsqueeze(1), u, out=out)
 
 
