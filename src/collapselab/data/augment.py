@@ -134,12 +134,15 @@ def sample_crop_boxes(batch: int, height: int, width: int, scale: tuple[float, f
     return torch.stack([top, left, h, w], dim=1).to(torch.int64)
 
 
-def _interp_taps(start: torch.Tensor, length: torch.Tensor, out_size: int,
-                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _interp_taps(start: torch.Tensor, length: torch.Tensor, out_size: int, dtype: torch.dtype,
+                 reverse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bilinear taps resampling [start, start+length) to ``out_size`` samples, as
     ``F.interpolate(..., align_corners=False)`` on the sliced box: source index pairs
-    (i0, i1) (int64 (B, out_size)) and the weight ``w1`` of i1."""
+    (i0, i1) (int64 (B, out_size)) and the weight ``w1`` of i1. ``reverse`` (bool (B,)) lists
+    the output samples of the selected rows in reverse order (a mirror)."""
     o = torch.arange(out_size, device=start.device, dtype=dtype)[None]
+    if reverse is not None:
+        o = torch.where(reverse[:, None], (out_size - 1) - o, o)
     length_f = length.to(dtype)[:, None]
     src = (o + 0.5) * (length_f / out_size) - 0.5
     src = torch.minimum(src.clamp_min(0.0), length_f - 1)
@@ -169,10 +172,7 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int | tuple[int, in
     bottom = rows.index_select(0, (plane + r1[:, None, :]).reshape(-1)).reshape(b, c, out_h, width)
     y = top.lerp_(bottom, rw[:, None, :, None])
     # columns: gather within each row
-    c0, c1, cw = _interp_taps(boxes[:, 1], boxes[:, 3], out_w, x.dtype)
-    if flip is not None:
-        f = flip[:, None]
-        c0, c1, cw = torch.where(f, c0.flip(1), c0), torch.where(f, c1.flip(1), c1), torch.where(f, cw.flip(1), cw)
+    c0, c1, cw = _interp_taps(boxes[:, 1], boxes[:, 3], out_w, x.dtype, reverse=flip)
     shape = (b, c, out_h, out_w)
     left = y.gather(3, c0[:, None, None, :].expand(shape))
     right = y.gather(3, c1[:, None, None, :].expand(shape))
@@ -233,8 +233,17 @@ def _batch_slices(x: torch.Tensor) -> list[slice]:
     return [slice(i, i + step) for i in range(0, x.shape[0], step)]
 
 
-def _hue_into(x: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Hue rotation of a 3-channel batch written into ``out`` (which may be ``x`` itself)."""
+def _hue_sigma(shift: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 3) per-image, per-channel offsets sigma_n ≡ 6·shift + n − 5 (mod 6) in [−5, 1)."""
+    turns = shift.to(dtype)
+    turns = turns - torch.round(turns)  # exact; keeps 6·shift small and precise
+    offsets = torch.tensor(_HUE_OFFSETS, dtype=dtype, device=shift.device)
+    return torch.remainder(6.0 * turns[:, None] + offsets, 6.0).sub_(5.0)
+
+
+def _hue_into(x: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Hue rotation of a 3-channel batch by :func:`_hue_sigma` offsets, written into ``out``
+    (which may be ``x`` itself)."""
     r, g, b = x.unbind(1)
     vmax = torch.maximum(torch.maximum(r, g), b)
     vmin = torch.minimum(torch.minimum(r, g), b)
@@ -249,12 +258,8 @@ def _hue_into(x: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.
     numerator = numerator.lerp_(g - b, is_r)
     h6 = numerator.div_(chroma.clamp_min(1e-12))  # in [-1, 5]
     # k_n = h6 + 6·shift + n (n = 5, 3, 1) and T_n = clamp(d_n, 1, 2) with d_n the distance of
-    # k_n from 2 on the hue circle of length 6. Per image and channel, sigma_n ≡ 6·shift + n − 5
-    # (mod 6) taken in [−5, 1) puts v_n = h6 + sigma_n in [−6, 6], where d_n = ||v_n| − 3|.
-    turns = shift.to(x.dtype)
-    turns = turns - torch.round(turns)  # exact; keeps 6·shift small and precise
-    offsets = torch.tensor(_HUE_OFFSETS, dtype=x.dtype, device=x.device)
-    sigma = torch.remainder(6.0 * turns[:, None] + offsets, 6.0).sub_(5.0)  # (B, 3)
+    # k_n from 2 on the hue circle of length 6; v_n = h6 + sigma_n ≡ k_n − 5 (mod 6) lies in
+    # [−6, 6], where d_n = ||v_n| − 3|
     v = torch.add(h6.unsqueeze(1), sigma[:, :, None, None])
     u = v.abs_().sub_(3.0).abs_().clamp_(1.0, 2.0)
     return torch.addcmul(base.unsqueeze(1), chroma.unsqueeze(1), u, out=out)
@@ -273,8 +278,9 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
     out = torch.empty_like(x)
+    sigma = _hue_sigma(shift, x.dtype)
     for s in _batch_slices(x):
-        _hue_into(x[s], shift[s], out[s])
+        _hue_into(x[s], sigma[s], out[s])
     return out
 
 
@@ -444,9 +450,9 @@ def _affine_jitter_(x: torch.Tensor, factor: torch.Tensor, gray_coef: torch.Tens
     torch.addcmul(bias, x, _per_sample(factor), out=x).clamp_(0.0, 1.0)
 
 
-def _hue_(x: torch.Tensor, shift: torch.Tensor) -> None:
+def _hue_(x: torch.Tensor, sigma: torch.Tensor) -> None:
     for s in _batch_slices(x):
-        _hue_into(x[s], shift[s], x[s])
+        _hue_into(x[s], sigma[s], x[s])
 
 
 
@@ -481,6 +487,7 @@ def color_jitter(x: torch.Tensor, params: Mapping[str, torch.Tensor], config: Vi
     f = torch.stack([params["brightness"][chosen], params["contrast"][chosen], sat, one], dim=1).gather(1, order)
     gray_coef = (1 - f) * (order == 2)
     mean_coef = (1 - f) * (order == 1)
+    sigma = _hue_sigma(params["hue"][chosen], x.dtype) if active[hue] else None
     bounds = [0, *torch.bincount(hue_slot, minlength=4).cumsum(0).tolist()]
     n = xs.shape[0]
     for slot in range(4):
@@ -490,7 +497,7 @@ def color_jitter(x: torch.Tensor, params: Mapping[str, torch.Tensor], config: Vi
                 if run.stop > run.start:
                     _affine_jitter_(xs[run], f[run, slot], gray_coef[run, slot], mean_coef[run, slot])
         if hi > lo:
-            _hue_(xs[lo:hi], params["hue"][chosen[lo:hi]])
+            _hue_(xs[lo:hi], sigma[lo:hi])
     out = x if inplace else x.clone()
     return out.index_copy_(0, chosen, xs)
 
