@@ -74,10 +74,7 @@ def mean_pairwise_cosine(z: ArrayLike) -> float:
     Near 1 at complete collapse — but also for non-negative (post-ReLU) features of a healthy or
     random network, so it is reported, not used for a verdict (science.md §1).
     """
-    u = l2_normalize(as_float64_matrix(z))
-    n = u.shape[0]
-    total = float(u.sum(dim=0).pow(2).sum()) - float(u.pow(2).sum())
-    return total / (n * (n - 1))
+    return point_statistics(as_float64_matrix(z))[0]["mean_pairwise_cosine"]
 
 
 def normalized_std(z: ArrayLike) -> float:
@@ -87,14 +84,12 @@ def normalized_std(z: ArrayLike) -> float:
     unbiased (N − 1) standard deviation, as ``torch.std`` and lightly's ``std_of_l2_normalized``.
     Not centred: non-negative features of a healthy network also give small values.
     """
-    u = l2_normalize(as_float64_matrix(z))
-    return float(u.std(dim=0).mean())
+    return point_statistics(as_float64_matrix(z))[0]["normalized_std"]
 
 
 def collapse_level(z: ArrayLike) -> float:
     """lightly's collapse level max(0, 1 − √D · normalized_std): 0 when spread, 1 at collapse."""
-    x = as_float64_matrix(z)
-    return max(0.0, 1.0 - math.sqrt(x.shape[1]) * normalized_std(x))
+    return point_statistics(as_float64_matrix(z))[0]["collapse_level"]
 
 
 def relative_variance(z: ArrayLike) -> float:
@@ -105,12 +100,7 @@ def relative_variance(z: ArrayLike) -> float:
     raw cosines it is not fooled by a common offset such as the positive mean of ReLU features
     (science.md §1, "Calibrating verdicts"). Returns 0.0 when all embeddings are zero.
     """
-    x = as_float64_matrix(z)
-    second_moment = float(x.pow(2).sum(dim=1).mean())
-    if second_moment == 0.0:
-        return 0.0
-    variance = float((x - x.mean(dim=0, keepdim=True)).pow(2).sum(dim=1).mean())
-    return min(1.0, variance / second_moment)
+    return point_statistics(as_float64_matrix(z))[0]["relative_variance"]
 
 
 def directional_variance(z: ArrayLike) -> float:
@@ -120,27 +110,22 @@ def directional_variance(z: ArrayLike) -> float:
     a kNN probe or a normalised projector such embeddings are one point. ≈ 1 for isotropic data.
     Zero rows are left out (they have no direction); 0.0 if every row is zero.
     """
-    x = as_float64_matrix(z)
-    norms = x.norm(dim=1)
-    u = x[norms > 0] / norms[norms > 0, None]
-    if len(u) == 0:
-        return 0.0
-    return max(0.0, 1.0 - float(u.mean(dim=0).pow(2).sum()))
+    return point_statistics(as_float64_matrix(z))[0]["directional_variance"]
 
 
 def total_variance(z: ArrayLike) -> float:
     """Absolute spread tr Σ = E‖z − z̄‖² (biased). Track its trend: a shrinking embedding keeps
     scale-invariant measures flat while tr Σ falls by orders of magnitude (science.md §1)."""
-    x = as_float64_matrix(z)
-    return float((x - x.mean(dim=0, keepdim=True)).pow(2).sum(dim=1).mean())
+    return point_statistics(as_float64_matrix(z))[0]["total_variance"]
 
 
 def point_statistics(x: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
-    """All O(N·D) measurements of a validated float64 (N, D) matrix in one pass over shared parts.
+    """All O(N·D) measurements of a validated float64 (N, D) matrix, sharing norms and centring.
 
     Returns ({total_variance, relative_variance, directional_variance, normalized_std,
-    collapse_level, mean_pairwise_cosine, mean_norm}, unit rows u) with the same values as the
-    individual functions (tested); ``diagnose`` uses it to avoid redundant passes over large inputs.
+    collapse_level, mean_pairwise_cosine, mean_norm}, unit rows u). The public functions above
+    are views of it; ``diagnose`` calls it once instead of making one pass per measurement.
+    Zero rows stay zero in u and are left out of the mean direction.
     """
     n, d = x.shape
     sq_norms = x.pow(2).sum(dim=1)

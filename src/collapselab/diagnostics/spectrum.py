@@ -115,13 +115,6 @@ def eigenspectrum(z: ArrayLike) -> torch.Tensor:
     return _descending(symmetric_eigenvalues(gram), d)
 
 
-def eigenspectrum_from_covariance(cov: torch.Tensor) -> torch.Tensor:
-    """Descending, non-negative eigenvalues of a symmetric PSD covariance matrix (D, D)."""
-    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
-        raise InputError(f"covariance must be a square (D, D) matrix, got shape {tuple(cov.shape)}")
-    return _descending(symmetric_eigenvalues(cov.to(torch.float64)), cov.shape[0])
-
-
 # --- functions of the spectrum -------------------------------------------------------------
 
 
