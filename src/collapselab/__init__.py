@@ -8,7 +8,8 @@ from __future__ import annotations
 __version__ = "0.1.0.dev0"
 
 from collapselab.diagnostics import CollapseMonitor, Diagnosis, diagnose
+from collapselab.engine.trainer import Run, train
 from collapselab.evaluation import evaluate
 from collapselab.theory import simulate
 
-__all__ = ["CollapseMonitor", "Diagnosis", "__version__", "diagnose", "evaluate", "simulate"]
+__all__ = ["CollapseMonitor", "Diagnosis", "Run", "__version__", "diagnose", "evaluate", "simulate", "train"]

@@ -193,6 +193,34 @@ class CollapseMonitor:
         current = [lv for d in self.latest.values() for lv in d.verdict.values() if lv in LEVELS]
         return max(current, key=LEVELS.index, default="healthy")
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the monitor has seen, as plain containers (for checkpoints; NaN kept as float)."""
+        return {
+            "steps": {k: list(v) for k, v in self.steps.items()},
+            "history": {k: {m: list(v) for m, v in h.items()} for k, h in self.history.items()},
+            "levels": {k: {m: list(v) for m, v in lv.items()} for k, lv in self.levels.items()},
+            "references": {k: dict(v) for k, v in self.references.items()},
+            "first_unhealthy": {k: dict(v) for k, v in self.first_unhealthy.items()},
+            "latest": {
+                k: {"metrics": dict(d.metrics), "verdict": dict(d.verdict), "reasons": dict(d.reasons)}
+                for k, d in self.latest.items()
+            },
+            "alarms": [asdict(a) for a in self.alarms],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (a resumed run keeps its reference and history)."""
+        self.steps = {k: [int(s) for s in v] for k, v in state["steps"].items()}
+        self.history = {k: {m: [float(x) for x in v] for m, v in h.items()} for k, h in state["history"].items()}
+        self.levels = {k: {m: list(v) for m, v in lv.items()} for k, lv in state["levels"].items()}
+        self.references = {k: {m: float(x) for m, x in v.items()} for k, v in state["references"].items()}
+        self.first_unhealthy = {k: {m: int(s) for m, s in v.items()} for k, v in state["first_unhealthy"].items()}
+        self.latest = {
+            k: Diagnosis({m: float(x) for m, x in d["metrics"].items()}, dict(d["verdict"]), dict(d["reasons"]))
+            for k, d in state["latest"].items()
+        }
+        self.alarms = [Alarm(**a) for a in state["alarms"]]
+
     def summary(self) -> dict[str, Any]:
         """JSON-able summary: latest verdicts and metrics, first unhealthy steps, alarms."""
         return {

@@ -1,0 +1,432 @@
+"""Run configuration: one typed dataclass per section, YAML recipes, dotted overrides, validation.
+
+Layers, later wins: the schema defaults (with the method's own ``method`` section) → the shipped
+recipe ``configs/<method>_<dataset>.yaml`` if there is one → a user YAML file → overrides
+(``optim.lr=0.1`` strings, or keyword arguments). Every layer is checked key by key before it is
+merged: an unknown key is an error that names the closest valid key. Values are then checked
+(:func:`validate`) before anything is built or trained.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from collapselab._validation import InputError
+from collapselab.methods import MethodConfig, method_class
+
+DEFAULT_METHOD = "byol"
+DEFAULT_DATASET = "digits"
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+MONITOR_POLICIES = ("warn", "stop")
+
+
+@dataclass
+class ModelConfig:
+    """``backbone``: a registered name (``collapselab.models.available_backbones()``) or
+    ``torchvision:NAME`` / ``timm:NAME``; ``backbone_args``: its keyword arguments (e.g.
+    ``{stem: cifar, width: 0.25}``; ``in_channels`` is set from the data)."""
+
+    backbone: str = "small_cnn"
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """``dataset``: a registered name (``collapselab datasets``). ``batch_size``: per process.
+    ``augment``: a recipe name (simclr | byol | multicrop) or a dict for ``build_augment``; null
+    = the method's default recipe. ``normalize``: standardise views with the training split's
+    per-channel mean and std. ``knn_split``: held-out split for the online kNN (null = none)."""
+
+    dataset: str = DEFAULT_DATASET
+    data_dir: str | None = None
+    download: bool = False
+    batch_size: int = 256
+    augment: Any = None
+    normalize: bool = True
+    knn_split: str | None = "test"
+
+
+@dataclass
+class OptimConfig:
+    """``lr`` is the base rate for a global batch of 256 when ``lr_scaling=linear`` (Goyal et al.
+    2017): the rate used is lr × global_batch / 256. Warm-up then cosine decay to ``min_lr_ratio``
+    × lr. BN and bias parameters get no weight decay (and no LARS adaptation) when
+    ``exclude_bias_and_norm``. ``grad_clip``: max global gradient norm (null = off)."""
+
+    name: str = "lars"
+    lr: float = 0.3
+    lr_scaling: str = "linear"
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eta: float = 0.001
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.0
+    exclude_bias_and_norm: bool = True
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    """``device``: auto (CUDA if available) | cpu | cuda | cuda:N. ``amp``: auto (bf16 on CUDA,
+    off on CPU) | bf16 | fp16 | off. ``threads``: torch intra-op threads (null = torch's default).
+    ``max_steps_per_epoch``: cut epochs short (smoke tests). ``deterministic``: deterministic
+    kernels (slower on GPU)."""
+
+    epochs: int = 100
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    threads: int | None = None
+    max_steps_per_epoch: int | None = None
+    deterministic: bool = False
+
+
+@dataclass
+class MonitorConfig:
+    """The live collapse monitor on a fixed probe batch of un-augmented training images.
+
+    ``every``: steps between checks (0 = once per epoch, at its end). ``probe_size``: probe images.
+    ``policy``: ``warn`` (log alarms) or ``stop`` (end the run at the first ``collapsed`` alarm).
+    ``warmup_epochs``: alarms are held back during this early phase (transient dips, see
+    docs/diagnostics.md). ``embeddings``: which named tensors to watch."""
+
+    enabled: bool = True
+    every: int = 0
+    probe_size: int = 512
+    policy: str = "warn"
+    warmup_epochs: float = 1.0
+    embeddings: list[str] = field(default_factory=lambda: ["repr", "emb"])
+
+
+@dataclass
+class EvalConfig:
+    """Online kNN every ``knn_every`` epochs (0 = off) on the held-out split, cosine kNN with
+    ``knn_k`` neighbours and vote temperature ``knn_temperature`` (science.md §6). ``final``: at
+    the end, kNN of the trained backbone beside raw pixels and the untrained backbone."""
+
+    knn_every: int = 1
+    knn_k: int = 20
+    knn_temperature: float = 0.1
+    final: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    """``last.pt`` is written every epoch; ``every`` > 0 also keeps ``epoch_NNNN.pt`` every that
+    many epochs."""
+
+    every: int = 0
+
+
+@dataclass
+class LogConfig:
+    """``tensorboard``: auto (when installed) | true | false. ``wandb_project``: set to log to
+    Weights & Biases (``wandb_mode``: online | offline). ``progress``: tqdm bar. ``every``: steps
+    between training-metric lines in metrics.jsonl / TensorBoard."""
+
+    every: int = 10
+    tensorboard: Any = "auto"
+    wandb_project: str | None = None
+    wandb_mode: str = "online"
+    progress: bool = True
+
+
+@dataclass
+class DistributedConfig:
+    """``backend``: auto (nccl on CUDA, gloo on CPU) | nccl | gloo. ``sync_bn``: convert every
+    BatchNorm to SyncBatchNorm (batch statistics over all ranks)."""
+
+    backend: str = "auto"
+    sync_bn: bool = False
+
+
+@dataclass
+class RunSection:
+    """``name``: run folder name (default ``<method>_<dataset>_<timestamp>``); ``out_dir``: parent."""
+
+    name: str | None = None
+    out_dir: str = "runs"
+
+
+@dataclass
+class Config:
+    """A whole run. ``method`` holds the chosen method's own config class."""
+
+    method: MethodConfig = field(default_factory=MethodConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    run: RunSection = field(default_factory=RunSection)
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def recipe_dir() -> Path:
+    """Folder of the shipped YAML recipes (``configs/`` in the repository links to it)."""
+    return Path(str(resources.files("collapselab") / "configs"))
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in recipe_dir().glob("*.yaml"))
+
+
+def recipe_path(method: str, dataset: str) -> Path | None:
+    path = recipe_dir() / f"{method}_{dataset}.yaml"
+    return path if path.is_file() else None
+
+
+def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist")
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as err:
+        raise InputError(f"{path}: not valid YAML: {err}") from err
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise InputError(f"{path}: expected a mapping of sections at the top level")
+    return loaded
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def _schema_fields(section_type: type) -> dict[str, Any]:
+    return {f.name: f for f in fields(section_type)}
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["optim.lr=0.1", "method.ema=off"]`` → nested dict (values parsed as YAML scalars)."""
+    items = list(items)
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise InputError(f"override {item!r} is not of the form section.key=value (e.g. optim.lr=0.1)")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(items))  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise InputError(f"cannot parse overrides {items}: {err}") from err
+
+
+def shorthand(kwargs: Mapping[str, Any], schema: Config | None = None) -> dict[str, Any]:
+    """Python keyword overrides → nested dict. A key may be a section (``optim={"lr": 0.1}``),
+    a dotted path with ``__`` for dots (``optim__lr=0.1``), or a field name that exists in exactly
+    one section (``epochs=20`` → ``train.epochs``, ``lr=0.1`` → ``optim.lr``)."""
+    schema = schema or Config()
+    sections = _schema_fields(Config)
+    owners: dict[str, list[str]] = {}
+    for section in sections:
+        for key in _schema_fields(type(getattr(schema, section))):
+            owners.setdefault(key, []).append(section)
+    nested: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in sections:
+            path = [key]
+        elif "__" in key:
+            path = key.split("__")
+        elif len(owners.get(key, [])) == 1:
+            path = [owners[key][0], key]
+        elif key in owners:
+            options = ", ".join(f"{s}__{key}" for s in owners[key])
+            raise InputError(f"keyword {key!r} is ambiguous: it exists in several sections; use one of {options}")
+        else:
+            near = difflib.get_close_matches(key, [*sections, *owners], n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise InputError(f"unknown keyword {key!r}{hint} (use section__key for any config key)")
+        node = nested
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        if isinstance(value, Mapping) and isinstance(node.get(path[-1]), dict):
+            node[path[-1]].update(value)
+        else:
+            node[path[-1]] = dict(value) if isinstance(value, Mapping) else value
+    return nested
+
+
+def check_keys(layer: Mapping[str, Any], schema: Any, where: str, prefix: str = "") -> None:
+    """Raise :class:`InputError` for the first key of ``layer`` that ``schema`` does not have,
+    naming the closest valid key (dotted)."""
+    valid = _schema_fields(type(schema))
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        if key not in valid:
+            candidates = [f"{prefix}{k}" for k in valid]
+            near = difflib.get_close_matches(dotted, candidates, n=1, cutoff=0.6)
+            if not near:  # a key under the wrong section?
+                everywhere = _all_dotted_keys(Config(method=schema.method) if isinstance(schema, Config) else schema)
+                near = difflib.get_close_matches(dotted, everywhere, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise InputError(f"unknown config key {dotted!r} in {where}{hint} (valid here: {', '.join(sorted(valid))})")
+        child = getattr(schema, key)
+        if is_dataclass(child):
+            if not isinstance(value, Mapping):
+                raise InputError(f"config key {dotted!r} in {where} is a section; give it a mapping, got {value!r}")
+            check_keys(value, child, where, prefix=f"{dotted}.")
+
+
+def _all_dotted_keys(schema: Any, prefix: str = "") -> list[str]:
+    out = []
+    for f in fields(schema):
+        child = getattr(schema, f.name)
+        if is_dataclass(child):
+            out.extend(_all_dotted_keys(child, f"{prefix}{f.name}."))
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def _peek(layers: Sequence[Mapping[str, Any]], section: str, key: str, default: str) -> str:
+    value = default
+    for layer in layers:
+        sub = layer.get(section)
+        if isinstance(sub, Mapping) and key in sub and sub[key] is not None:
+            value = str(sub[key])
+    return value
+
+
+# --------------------------------------------------------------------------- building
+
+
+def load_config(
+    method: str | None = None,
+    dataset: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: Iterable[str] = (),
+    use_recipe: bool = True,
+    base: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> Config:
+    """Build and validate a run's :class:`Config` from the layers described in the module doc.
+
+    ``method`` / ``dataset`` name the recipe; ``method.name`` / ``data.dataset`` set in a later
+    layer take precedence. ``overrides`` are dotted strings, ``kwargs`` Python shorthands (see
+    :func:`shorthand`). ``base``: a saved config (a resumed run's) used instead of the recipe.
+    """
+    user_layers: list[tuple[str, dict[str, Any]]] = []
+    if config_file is not None:
+        user_layers.append((str(config_file), _read_yaml(config_file)))
+    override_list = list(overrides)
+    if override_list:
+        user_layers.append(("the overrides", parse_overrides(override_list)))
+    if kwargs:
+        user_layers.append(("the keyword arguments", shorthand(kwargs)))
+    plain = [layer for _, layer in user_layers]
+    method_name = _peek(plain, "method", "name", method or DEFAULT_METHOD)
+    dataset_name = _peek(plain, "data", "dataset", dataset or DEFAULT_DATASET)
+    cls = method_class(method_name)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    recipe = recipe_path(method_name, dataset_name) if use_recipe and base is None else None
+    if recipe is not None:
+        layers.append((f"recipe {recipe.name}", _read_yaml(recipe)))
+    if base is not None:
+        layers.append(("the saved config", dict(base)))
+    layers.extend(user_layers)
+    schema = Config(method=cls.config_class())
+    merged: DictConfig = OmegaConf.structured(schema)
+    for where, layer in layers:
+        check_keys(layer, schema, where)
+        try:
+            merged = OmegaConf.merge(merged, layer)  # type: ignore[assignment]
+        except OmegaConfBaseException as err:
+            key = getattr(err, "full_key", None) or "?"
+            raise InputError(f"bad value for config key {key!r} in {where}: {str(err).splitlines()[0]}") from err
+    merged.method.name = method_name
+    merged.data.dataset = dataset_name
+    config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Rebuild a :class:`Config` saved with :func:`to_dict` / ``config.yaml`` (no recipe layer)."""
+    method_name = str((data.get("method") or {}).get("name", DEFAULT_METHOD))
+    schema = Config(method=method_class(method_name).config_class())
+    check_keys(data, schema, "the saved config")
+    merged = OmegaConf.merge(OmegaConf.structured(schema), dict(data))
+    config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Plain nested dict (YAML/JSON-able)."""
+    return OmegaConf.to_container(OmegaConf.structured(config))  # type: ignore[return-value]
+
+
+def to_yaml(config: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def _positive(value: float, key: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise InputError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(config: Config) -> None:
+    """Check values that no type can: ranges, names, combinations. Raises :class:`InputError`."""
+    from collapselab.engine.optim import OPTIMIZERS
+
+    config.method.validate()
+    o, t, m, d, e = config.optim, config.train, config.monitor, config.data, config.eval
+    _positive(o.lr, "optim.lr")
+    _positive(o.weight_decay, "optim.weight_decay", allow_zero=True)
+    _positive(o.warmup_epochs, "optim.warmup_epochs", allow_zero=True)
+    if o.name not in OPTIMIZERS:
+        near = difflib.get_close_matches(o.name, OPTIMIZERS, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise InputError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {o.name!r}{hint}")
+    if o.lr_scaling not in ("linear", "none"):
+        raise InputError(f"optim.lr_scaling must be 'linear' or 'none', got {o.lr_scaling!r}")
+    if not 0.0 <= o.momentum < 1.0:
+        raise InputError(f"optim.momentum must be in [0, 1), got {o.momentum}")
+    if not 0.0 <= o.min_lr_ratio <= 1.0:
+        raise InputError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    if o.grad_clip is not None:
+        _positive(o.grad_clip, "optim.grad_clip")
+    if t.epochs < 1:
+        raise InputError(f"train.epochs must be >= 1, got {t.epochs}")
+    if o.warmup_epochs > t.epochs:
+        raise InputError(f"optim.warmup_epochs ({o.warmup_epochs}) exceeds train.epochs ({t.epochs})")
+    if t.amp not in AMP_MODES:
+        raise InputError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {t.amp!r}")
+    if t.threads is not None and t.threads < 1:
+        raise InputError(f"train.threads must be >= 1 or null, got {t.threads}")
+    if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
+        raise InputError(f"train.max_steps_per_epoch must be >= 1 or null, got {t.max_steps_per_epoch}")
+    if d.batch_size < 2:
+        raise InputError(f"data.batch_size must be >= 2 (batch statistics need two samples), got {d.batch_size}")
+    if m.policy not in MONITOR_POLICIES:
+        raise InputError(f"monitor.policy must be 'warn' or 'stop', got {m.policy!r}")
+    _positive(m.every, "monitor.every", allow_zero=True)
+    if m.probe_size < 2:
+        raise InputError(f"monitor.probe_size must be >= 2, got {m.probe_size}")
+    _positive(m.warmup_epochs, "monitor.warmup_epochs", allow_zero=True)
+    _positive(e.knn_every, "eval.knn_every", allow_zero=True)
+    if e.knn_k < 1:
+        raise InputError(f"eval.knn_k must be >= 1, got {e.knn_k}")
+    _positive(e.knn_temperature, "eval.knn_temperature")
+    _positive(config.checkpoint.every, "checkpoint.every", allow_zero=True)
+    if config.log.every < 1:
+        raise InputError(f"log.every must be >= 1, got {config.log.every}")
+    if config.distributed.backend not in ("auto", "nccl", "gloo"):
+        raise InputError(f"distributed.backend must be auto, nccl or gloo, got {config.distributed.backend!r}")
+    if config.log.tensorboard not in ("auto", True, False):
+        raise InputError(f"log.tensorboard must be auto, true or false, got {config.log.tensorboard!r}")

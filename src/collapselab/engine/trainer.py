@@ -1,0 +1,554 @@
+"""The training loop: data on the device, batched views, method step, schedules, AMP, clipping,
+live collapse monitor, online kNN, atomic checkpoints with exact resume, DDP.
+
+The trainer owns the loop; the method owns the maths; the monitor only reads the probe
+embeddings it is handed (design.md). Entry point: :func:`train` (also ``collapselab.train``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from collapselab import distributed
+from collapselab._validation import InputError
+from collapselab.config import Config, config_from_dict, load_config, to_dict, to_yaml
+from collapselab.data import DeviceLoader, build_augment, get_dataset
+from collapselab.data.augment import channel_stats, normalize, to_float_images
+from collapselab.diagnostics import CollapseMonitor
+from collapselab.diagnostics.monitor import Alarm
+from collapselab.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from collapselab.engine.logging import RunLogger, format_epoch_line, progress_bar
+from collapselab.engine.optim import build_optimizer
+from collapselab.engine.schedules import warmup_cosine
+from collapselab.evaluation.features import extract_features
+from collapselab.evaluation.knn import knn_accuracy
+from collapselab.methods import SSLMethod, build_method, method_class
+from collapselab.models import build_backbone
+
+LAST = "last.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training stopped for a reason the user must act on (non-finite loss, monitor stop)."""
+
+
+@dataclass
+class Run:
+    """A finished (or stopped) run: its folder, config, logged history and summary.
+
+    ``method`` is the trained model (backbone at ``method.backbone``).
+    """
+
+    dir: Path
+    config: Config
+    summary: dict[str, Any]
+    method: SSLMethod | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def backbone(self) -> nn.Module:
+        if self.method is None:
+            raise InputError("this Run holds no model")
+        return self.method.backbone
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → the local CUDA device when available, else CPU; checks named devices exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", distributed.get_local_rank() if distributed.is_distributed() else torch.cuda.current_device())
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise InputError(f"train.device: {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu")
+    return device
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` on ``device`` (None = full precision)."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode in ("auto", "bf16"):
+        return torch.bfloat16
+    return torch.float16
+
+
+def build_backbone_for(config: Config, channels: int, height: int, width: int) -> nn.Module:
+    """The configured backbone, told the input channels (or flattened size for MLPs)."""
+    from collapselab.models.backbones import _REGISTRY
+
+    kwargs = dict(config.model.backbone_args)
+    factory = _REGISTRY.get(config.model.backbone)
+    params = inspect.signature(factory).parameters if factory is not None else {}
+    if "in_channels" in params:
+        kwargs.setdefault("in_channels", channels)
+    elif "input_dim" in params:
+        kwargs.setdefault("input_dim", channels * height * width)
+    return build_backbone(config.model.backbone, **kwargs)
+
+
+class Normalizer(nn.Module):
+    """uint8 or [0, 1] images → standardised float images (per-channel mean/std)."""
+
+    def __init__(self, mean: list[float] | None, std: list[float] | None) -> None:
+        super().__init__()
+        self.mean, self.std = mean, std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_float_images(images)
+        return normalize(x, self.mean, self.std) if self.mean is not None and self.std is not None else x
+
+
+def _capture_rng(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state(), "augment": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _restore_rng(state: Mapping[str, torch.Tensor], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["augment"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _nonfinite_terms(scalars: Mapping[str, Any]) -> list[str]:
+    bad = []
+    for key, value in scalars.items():
+        v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+        if not math.isfinite(v):
+            bad.append(f"{key}={v}")
+    return bad
+
+
+def _float(value: Any) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Runs one configured training job in ``run_dir`` (see :func:`train`)."""
+
+    def __init__(self, config: Config, run_dir: Path, *, resume: bool = False) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+
+    # ---- setup ---------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        c = self.config
+        backend = None if c.distributed.backend == "auto" else c.distributed.backend
+        self.is_distributed = distributed.init_from_env(backend)
+        self.rank, self.world = distributed.get_rank(), distributed.get_world_size()
+        self.main = self.rank == 0
+        self.device = resolve_device(c.train.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if c.train.threads is not None:
+            torch.set_num_threads(c.train.threads)
+        if c.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(c.train.seed)
+
+        self.train_set = get_dataset(c.data.dataset, "train", data_dir=c.data.data_dir, download=c.data.download)
+        self.eval_set = None
+        if c.data.knn_split and (c.eval.knn_every or c.eval.final):
+            self.eval_set = get_dataset(c.data.dataset, c.data.knn_split, data_dir=c.data.data_dir, download=c.data.download)
+        n_train = len(self.train_set)
+        per_rank = n_train // self.world
+        if c.data.batch_size > per_rank:
+            raise InputError(
+                f"data.batch_size={c.data.batch_size} is larger than the {per_rank} training images "
+                f"per process of {c.data.dataset!r} ({n_train} in all); lower data.batch_size"
+            )
+        self.train_set = self.train_set.to(self.device)
+        channels, height, width = self.train_set.images.shape[1:]
+        mean, std = channel_stats(self.train_set.images) if c.data.normalize else (None, None)
+        self.normalizer = Normalizer(mean, std)
+        recipe: Any = c.data.augment
+        augment_cfg = dict(recipe) if isinstance(recipe, Mapping) else {"recipe": recipe}
+        if augment_cfg.get("recipe") is None and augment_cfg.get("name") is None:
+            augment_cfg["recipe"] = method_class(c.method.name).default_augment
+        if c.data.normalize and "mean" not in augment_cfg:
+            augment_cfg["mean"], augment_cfg["std"] = mean, std
+        self.augment = build_augment(augment_cfg)
+        self.loader = DeviceLoader(self.train_set, c.data.batch_size, shuffle=True, seed=c.train.seed,
+                                   drop_last=True, num_replicas=self.world, rank=self.rank, device=self.device)
+        self.steps_per_epoch = len(self.loader)
+        if c.train.max_steps_per_epoch is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, c.train.max_steps_per_epoch)
+        self.total_steps = self.steps_per_epoch * c.train.epochs
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(c.train.seed * 1000 + self.rank + 1)
+
+        backbone = build_backbone_for(c, channels, height, width)
+        self.method = build_method(c.method, backbone).to(self.device)
+        if self.is_distributed and c.distributed.sync_bn:
+            self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        self.model: nn.Module = self.method
+        if self.is_distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
+        global_batch = c.data.batch_size * self.world
+        self.base_lr = c.optim.lr * (global_batch / 256 if c.optim.lr_scaling == "linear" else 1.0)
+        self.optimizer = build_optimizer(
+            c.optim.name, self.method, lr=self.base_lr, weight_decay=c.optim.weight_decay,
+            momentum=c.optim.momentum, betas=tuple(c.optim.betas), eta=c.optim.eta,
+            exclude_bias_and_norm=c.optim.exclude_bias_and_norm,
+        )
+        self.warmup_steps = min(self.total_steps, round(c.optim.warmup_epochs * self.steps_per_epoch))
+        self.amp = amp_dtype(c.train.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
+
+        probe_g = torch.Generator().manual_seed(c.train.seed)
+        probe_n = min(c.monitor.probe_size, n_train)
+        probe_idx = torch.randperm(n_train, generator=probe_g)[:probe_n].to(self.device)
+        self.probe_images = self.train_set.images[probe_idx]
+        self.monitor = CollapseMonitor(
+            every=max(c.monitor.every, 1),
+            warmup_steps=round(c.monitor.warmup_epochs * self.steps_per_epoch),
+        )
+        self.hints = self.method.collapse_hints()
+        self.epoch, self.global_step = 0, 0
+        self.images_seen, self.train_time = 0, 0.0
+        self.stop_reason: str | None = None
+        if self.resume:
+            self._load(self.checkpoint_dir / LAST)
+        self.logger = RunLogger(
+            self.run_dir, enabled=self.main, tensorboard=c.log.tensorboard,
+            wandb={"project": c.log.wandb_project, "mode": c.log.wandb_mode, "name": self.run_dir.name}
+            if c.log.wandb_project else None,
+            resume_step=self.global_step if self.resume else None, config=to_dict(c),
+        )
+
+    # ---- checkpoints ---------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "images_seen": self.images_seen,
+            "train_time": self.train_time,
+            "rng": _capture_rng(self.generator),
+            "monitor": self.monitor.state_dict(),
+            "config": to_dict(self.config),
+            "backbone_prefix": "backbone.",
+            "input_shape": list(self.train_set.images.shape[1:]),
+            "normalization": {"mean": self.normalizer.mean, "std": self.normalizer.std},
+        }
+
+    def _save(self) -> None:
+        if not self.main:
+            return
+        state = self._state()
+        save_checkpoint(self.checkpoint_dir / LAST, state)
+        every = self.config.checkpoint.every
+        if every and self.epoch % every == 0:
+            save_checkpoint(self.checkpoint_dir / f"epoch_{self.epoch:04d}.pt", state)
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.images_seen, self.train_time = int(state["images_seen"]), float(state["train_time"])
+        _restore_rng({k: v.cpu() for k, v in state["rng"].items()}, self.generator)
+        self.monitor.load_state_dict(state["monitor"])
+
+    # ---- monitoring ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def probe_embeddings(self) -> dict[str, torch.Tensor]:
+        was_training = self.method.training
+        self.method.eval()
+        try:
+            out = self.method.embed(self.normalizer(self.probe_images))
+        finally:
+            self.method.train(was_training)
+        wanted = self.config.monitor.embeddings
+        missing = [k for k in wanted if k not in out]
+        if missing:
+            raise InputError(f"monitor.embeddings: {missing} not produced by {self.method.name} (has {sorted(out)})")
+        return {k: out[k].float() for k in wanted}
+
+    def check_collapse(self) -> list[Alarm]:
+        if not self.config.monitor.enabled or not self.main:
+            return []
+        alarms = self.monitor.update(self.global_step, self.probe_embeddings())
+        for alarm in alarms:
+            hint = f"\n    hint: {'; '.join(self.hints)}" if self.hints else ""
+            self._write(f"ALARM {alarm}{hint}")
+            self.logger.log(self.global_step, {"mode": alarm.mode, "level": alarm.level, "name": alarm.name,
+                                               "reason": alarm.reason}, kind="alarm")
+        if self.config.monitor.policy == "stop" and any(a.level == "collapsed" for a in alarms):
+            self.stop_reason = f"monitor.policy=stop: collapse alarm at step {self.global_step}"
+        return alarms
+
+    def online_knn(self) -> dict[str, float]:
+        c = self.config
+        if self.eval_set is None or not self.main:
+            return {}
+        model = self.method.backbone
+        train_feats = extract_features(model, self.train_set.images, transform=self.normalizer, batch_size=512)
+        test_feats = extract_features(model, self.eval_set.images, transform=self.normalizer, batch_size=512)
+        return knn_accuracy(train_feats, self.train_set.labels.cpu(), test_feats, self.eval_set.labels,
+                            k=c.eval.knn_k, temperature=c.eval.knn_temperature)
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def _write(self, text: str) -> None:
+        if self.main:
+            from tqdm import tqdm
+
+            tqdm.write(text)
+
+    def _step(self, images: torch.Tensor) -> dict[str, float]:
+        c = self.config
+        lr = warmup_cosine(self.global_step, self.total_steps, self.base_lr, self.warmup_steps,
+                           final_value=c.optim.min_lr_ratio * self.base_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        views = self.augment(images, self.generator)
+        autocast = (torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None
+                    else contextlib.nullcontext())
+        with autocast:
+            out = self.model(views)
+        loss = out.loss.float()
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            terms = _nonfinite_terms(out.scalars)
+            where = f"non-finite terms: {', '.join(terms)}" if terms else f"terms: {', '.join(f'{k}={_float(v):.4g}' for k, v in out.scalars.items()) or 'none logged'}"
+            last = self.checkpoint_dir / LAST
+            kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if last.exists() else "no checkpoint was written yet"
+            raise TrainingError(
+                f"loss is {loss_value} at step {self.global_step} (epoch {self.epoch + 1}, {self.method.name}); "
+                f"{where}; training stopped and {kept}. Try a lower optim.lr, optim.grad_clip, or train.amp=off"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        grad_norm = None
+        if c.optim.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), c.optim.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        extra = self.method.after_step(self.global_step, self.total_steps)
+        metrics = {"loss": loss_value, "lr": lr, **{k: _float(v) for k, v in out.scalars.items()}, **extra}
+        if grad_norm is not None:
+            metrics["grad_norm"] = grad_norm
+        return metrics
+
+    def fit(self) -> Run:
+        self.setup()
+        c = self.config
+        start_wall = time.perf_counter()
+        status = "completed"
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(c))
+        try:
+            if self.global_step == 0 and c.monitor.enabled:
+                self.check_collapse()  # the reference: the network at initialisation
+            self.method.train()
+            while self.epoch < c.train.epochs and self.stop_reason is None:
+                self._train_epoch()
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self._write_summary(status, time.perf_counter() - start_wall, None)
+            raise
+        except TrainingError as err:
+            self._write_summary("failed", time.perf_counter() - start_wall, None, error=str(err))
+            self.logger.close()
+            raise
+        if self.stop_reason is not None:
+            status = "stopped"
+            self._write(f"stopped: {self.stop_reason}")
+        final = self.final_evaluation() if c.eval.final and self.main else {}
+        summary = self._write_summary(status, time.perf_counter() - start_wall, final)
+        self.logger.close()
+        from collapselab.engine.logging import read_metrics
+
+        history = read_metrics(self.run_dir / "metrics.jsonl") if self.main else []
+        if self.is_distributed:
+            distributed.barrier()
+        return Run(self.run_dir, c, summary, self.method, history)
+
+    def _train_epoch(self) -> None:
+        c = self.config
+        self.loader.set_epoch(self.epoch)
+        bar = progress_bar(self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{c.train.epochs}",
+                           enabled=self.main and c.log.progress)
+        losses: list[float] = []
+        t0 = time.perf_counter()
+        for i, (images, _) in enumerate(self.loader):
+            if i >= self.steps_per_epoch:
+                break
+            metrics = self._step(images)
+            self.global_step += 1
+            self.images_seen += images.shape[0] * self.world
+            losses.append(metrics["loss"])
+            elapsed = time.perf_counter() - t0
+            rate = (i + 1) * images.shape[0] * self.world / max(elapsed, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{rate:.0f}")
+            if self.global_step % c.log.every == 0 or i == 0:
+                self.logger.log(self.global_step, {**metrics, "epoch": self.epoch + 1, "img_per_s": rate})
+            if c.monitor.every and self.global_step % c.monitor.every == 0:
+                self.check_collapse()
+                if self.stop_reason is not None:
+                    break
+        bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        epoch_time = time.perf_counter() - t0
+        self.train_time += epoch_time
+        self.epoch += 1
+        if c.monitor.enabled and not c.monitor.every:
+            self.check_collapse()
+        epoch_metrics: dict[str, Any] = {
+            "loss": sum(losses) / max(len(losses), 1),
+            "img_per_s": len(losses) * c.data.batch_size * self.world / max(epoch_time, 1e-9),
+            "epoch_time_s": epoch_time,
+        }
+        if c.eval.knn_every and self.epoch % c.eval.knn_every == 0:
+            epoch_metrics.update(self.online_knn())
+        for name in ("emb", "repr"):
+            if name in self.monitor.latest:
+                d = self.monitor.latest[name]
+                epoch_metrics.update(stable_rank=d.metrics.get("stable_rank"), effective_rank=d.metrics.get("effective_rank"),
+                                     verdict=d.worst)
+                break
+        self.logger.log(self.global_step, {"epoch": self.epoch, **{k: v for k, v in epoch_metrics.items() if v is not None}}, kind="epoch")
+        self._write(format_epoch_line(self.epoch, c.train.epochs, epoch_metrics))
+        self._save()
+
+    # ---- the end -------------------------------------------------------------------------
+
+    def final_evaluation(self) -> dict[str, float]:
+        """kNN of the trained backbone, raw pixels and the untrained backbone (same k, τ)."""
+        from collapselab.evaluation import evaluate
+
+        if self.eval_set is None:
+            return {}
+        c = self.config
+        return evaluate(self.method.backbone, c.data.dataset, protocols=("knn",), baselines=("pixels", "random"),
+                        k=c.eval.knn_k, temperature=c.eval.knn_temperature, seed=c.train.seed,
+                        transform=self.normalizer, data_dir=c.data.data_dir)
+
+    def _write_summary(self, status: str, wall: float, final: dict[str, float] | None, error: str | None = None) -> dict[str, Any]:
+        c = self.config
+        summary: dict[str, Any] = {
+            "status": status,
+            "method": c.method.name,
+            "dataset": c.data.dataset,
+            "backbone": c.model.backbone,
+            "epochs_completed": self.epoch,
+            "epochs": c.train.epochs,
+            "steps": self.global_step,
+            "global_batch_size": c.data.batch_size * self.world,
+            "world_size": self.world,
+            "device": str(self.device),
+            "wall_time_s": wall,
+            "train_time_s": self.train_time,
+            "throughput_img_per_s": self.images_seen / self.train_time if self.train_time > 0 else None,
+            "diagnosis": {name: d.to_dict() for name, d in self.monitor.latest.items()},
+            "alarms": [a.__dict__ for a in self.monitor.alarms],
+            "first_unhealthy": {k: dict(v) for k, v in self.monitor.first_unhealthy.items()},
+            "collapse_hints": self.hints,
+            "worst_verdict": self.monitor.worst,
+            "eval": final or {},
+        }
+        if self.stop_reason:
+            summary["stop_reason"] = self.stop_reason
+        if error:
+            summary["error"] = error
+        if self.main:
+            path = self.run_dir / "summary.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name("summary.json.tmp")
+            tmp.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+            os.replace(tmp, path)
+        return summary
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def default_run_name(config: Config) -> str:
+    return f"{config.method.name}_{config.data.dataset}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(
+    method: str | None = None,
+    dataset: str | None = None,
+    *,
+    config: str | os.PathLike | None = None,
+    overrides: Iterable[str] = (),
+    resume: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> Run:
+    """Train a method on a dataset and return the :class:`Run`.
+
+    ``config``: a YAML file layered over the shipped recipe; ``overrides``: dotted strings
+    (``"optim.lr=0.1"``); ``kwargs``: shorthands (``epochs=20``, ``optim__lr=0.1``,
+    ``method={"predictor": "none"}``). ``resume``: a run folder to continue from its
+    ``checkpoints/last.pt`` with its saved config (overrides may change e.g. ``train.epochs``).
+    Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` and ``summary.json`` under
+    ``run.out_dir/run.name``.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise InputError(f"--resume {run_dir}: no config.yaml there (is it a run folder?)")
+        if not (run_dir / "checkpoints" / LAST).is_file():
+            raise CheckpointError(f"--resume {run_dir}: no checkpoints/{LAST} to resume from")
+        base = OmegaConf.to_container(OmegaConf.load(saved))
+        cfg = config_from_dict(base)  # type: ignore[arg-type]
+        if config is not None or list(overrides) or kwargs:
+            cfg = load_config(cfg.method.name, cfg.data.dataset, config_file=config, overrides=overrides,
+                              base=to_dict(cfg), **kwargs)
+        return Trainer(cfg, run_dir, resume=True).fit()
+    cfg = load_config(method, dataset, config_file=config, overrides=overrides, **kwargs)
+    name = cfg.run.name or default_run_name(cfg)
+    run_dir = Path(cfg.run.out_dir) / name
+    if (run_dir / "checkpoints" / LAST).exists():
+        raise InputError(f"{run_dir} already holds a run; pass resume={str(run_dir)!r} to continue it or choose another run.name")
+    return Trainer(cfg, run_dir).fit()

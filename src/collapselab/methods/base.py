@@ -1,0 +1,313 @@
+"""The pieces every method is made of: ``MethodConfig``, ``MethodOutput``, ``SSLMethod``, the
+two-branch ``SiameseMethod`` (predictor / stop-gradient / EMA switches), ``EMATarget`` and the
+method registry.
+
+A method owns the maths (its heads and its loss); the trainer owns the loop. ``forward(views)``
+returns a :class:`MethodOutput`; ``embed(x)`` returns the named tensors the collapse monitor and
+the probes read (``repr`` = backbone features, ``emb`` = projector output).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from collapselab._validation import InputError
+from collapselab.engine.schedules import ema_momentum
+from collapselab.models import LinearPredictor, MLPHead, mlp_head_preset
+
+PREDICTORS = ("mlp", "linear", "none")
+HEAD_SIZES = ("paper", "small")
+
+
+@dataclass
+class MethodConfig:
+    """Settings shared by every method (the ``method.`` section of a run config).
+
+    ``projector``: head widths, ``"paper"`` (the published ones) or ``"small"`` (512/128, for
+    tiny images and CPUs); ``projector_hidden_dim`` / ``projector_out_dim`` override them.
+    ``projector_bn``: BatchNorm in the projector (an anti-collapse switch, science.md §5).
+    """
+
+    name: str = "byol"
+    projector: str = "small"
+    projector_hidden_dim: int | None = None
+    projector_out_dim: int | None = None
+    projector_bn: bool = True
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` for impossible values (called before any training)."""
+        if self.projector not in HEAD_SIZES:
+            raise InputError(f"method.projector must be one of {HEAD_SIZES}, got {self.projector!r}")
+        for key in ("projector_hidden_dim", "projector_out_dim"):
+            value = getattr(self, key)
+            if value is not None and int(value) < 1:
+                raise InputError(f"method.{key} must be a positive integer or null, got {value}")
+
+
+@dataclass
+class SiameseConfig(MethodConfig):
+    """Two-branch methods with the asymmetry switches.
+
+    ``predictor``: ``mlp`` | ``linear`` (a trainable d×d map, identity init) | ``none``.
+    ``stop_gradient``: no gradient through the target branch (only meaningful with ``ema=off``:
+    an EMA target never receives gradient). ``ema``: base momentum τ of the target network
+    (``off`` = the target is the online network itself); ``ema_final``: momentum reached at the
+    end by BYOL's cosine schedule, or null to keep τ constant (MoCo).
+    """
+
+    predictor: str = "mlp"
+    predictor_hidden_dim: int | None = None
+    stop_gradient: bool = True
+    ema: Any = 0.99
+    ema_final: float | None = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.predictor not in PREDICTORS:
+            near = difflib.get_close_matches(str(self.predictor), PREDICTORS, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise InputError(f"method.predictor must be one of {', '.join(PREDICTORS)}, got {self.predictor!r}{hint}")
+        momentum = ema_base(self.ema)
+        if momentum is not None and not self.stop_gradient:
+            raise InputError(
+                "method.stop_gradient=false needs method.ema=off: an EMA target network never "
+                "receives gradient, so the switch would do nothing"
+            )
+        if self.ema_final is not None and not 0.0 <= float(self.ema_final) <= 1.0:
+            raise InputError(f"method.ema_final must be in [0, 1] or null, got {self.ema_final}")
+
+
+def ema_base(value: Any) -> float | None:
+    """The EMA momentum a config value means: a float in [0, 1), or None for ``off``/``false``/null."""
+    if value is None or value is False or (isinstance(value, str) and value.lower() in ("off", "none", "false")):
+        return None
+    try:
+        momentum = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"method.ema must be a momentum in [0, 1) or 'off', got {value!r}") from None
+    if not 0.0 <= momentum < 1.0:
+        raise InputError(f"method.ema must be a momentum in [0, 1) or 'off', got {value!r}")
+    return momentum
+
+
+@dataclass
+class MethodOutput:
+    """What a method's forward returns.
+
+    ``loss``: the scalar to minimise. ``tensors``: named tensors of the first view (``repr``,
+    ``emb``, optionally ``pred``, ``codes``), detached. ``scalars``: unweighted loss terms and other
+    numbers to log (floats or 0-d tensors).
+    """
+
+    loss: torch.Tensor
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    scalars: dict[str, float | torch.Tensor] = field(default_factory=dict)
+
+
+class EMATarget(nn.Module):
+    """A target network that follows an online network by exponential moving average.
+
+    ξ ← τ·ξ + (1 − τ)·θ after every optimiser step (Grill et al. 2020, BYOL eq. 1; He et al. 2020,
+    MoCo eq. 2). τ follows BYOL's schedule τ_k = 1 − (1 − τ_base)(cos(πk/K) + 1)/2 from
+    ``base_momentum`` to ``final_momentum`` (None: constant, as MoCo). Buffers (BatchNorm running
+    statistics) are copied, not averaged. The target never receives gradient.
+    """
+
+    def __init__(self, online: nn.Module, base_momentum: float, final_momentum: float | None = 1.0) -> None:
+        super().__init__()
+        self.net = copy.deepcopy(online)
+        self.net.requires_grad_(False)
+        self.base_momentum = float(base_momentum)
+        self.final_momentum = final_momentum
+
+    def momentum(self, step: int, total_steps: int) -> float:
+        if self.final_momentum is None:
+            return self.base_momentum
+        return ema_momentum(step, max(total_steps, 1), self.base_momentum, float(self.final_momentum))
+
+    @torch.no_grad()
+    def update(self, online: nn.Module, step: int, total_steps: int) -> float:
+        """Move the target towards ``online``; returns the momentum used."""
+        tau = self.momentum(step, total_steps)
+        target_params = list(self.net.parameters())
+        online_params = list(online.parameters())
+        torch._foreach_lerp_(target_params, [p.detach() for p in online_params], 1.0 - tau)
+        for target_buffer, online_buffer in zip(self.net.buffers(), online.buffers(), strict=True):
+            target_buffer.copy_(online_buffer)
+        return tau
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SSLMethod(nn.Module):
+    """Base of every method: a backbone, a projector, a loss.
+
+    Subclasses set the class attributes and implement :meth:`forward`. ``switches`` lists the
+    config keys that turn an anti-collapse mechanism on or off (shown by ``collapselab methods``).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    projector_preset: ClassVar[str] = "simclr"
+    default_augment: ClassVar[str] = "simclr"
+    switches: ClassVar[tuple[str, ...]] = ("projector_bn",)
+
+    def __init__(self, config: MethodConfig, backbone: nn.Module) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.backbone = backbone
+        self.projector = self.build_projector(int(backbone.out_dim))
+
+    def build_projector(self, in_dim: int) -> MLPHead:
+        c = self.config
+        overrides: dict[str, Any] = {"bn": bool(c.projector_bn)}
+        if c.projector_hidden_dim is not None:
+            overrides["hidden_dim"] = int(c.projector_hidden_dim)
+        if c.projector_out_dim is not None:
+            overrides["out_dim"] = int(c.projector_out_dim)
+        return mlp_head_preset(self.projector_preset, in_dim, size=c.projector, **overrides)  # type: ignore[arg-type]
+
+    def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named tensors of one batch: ``repr`` (backbone) and ``emb`` (projector)."""
+        representation = self.backbone(x)
+        return {"repr": representation, "emb": self.projector(representation)}
+
+    def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def after_step(self, step: int, total_steps: int) -> dict[str, float]:
+        """Called after every optimiser step (EMA updates); returns scalars to log."""
+        return {}
+
+    def collapse_hints(self) -> list[str]:
+        """Config settings known to invite collapse, as hints for the monitor's alarms."""
+        hints = []
+        if not self.config.projector_bn:
+            hints.append("method.projector_bn=false: no BatchNorm restoring force in the projector")
+        return hints
+
+    @staticmethod
+    def two_views(views: Sequence[torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(views) < 2:
+            raise InputError(f"{name}: needs at least two views per batch, got {len(views)}")
+        return views[0], views[1]
+
+
+class SiameseMethod(SSLMethod):
+    """Online network (backbone → projector → [predictor]) against a target branch that is an EMA
+    copy of backbone → projector (``ema``), or the online branch itself with or without
+    stop-gradient (``ema=off``). BYOL, SimSiam and MoCo are settings of this composition."""
+
+    config_class: ClassVar[type[MethodConfig]] = SiameseConfig
+    predictor_preset: ClassVar[str] = "byol_predictor"
+    switches: ClassVar[tuple[str, ...]] = ("predictor", "stop_gradient", "ema", "projector_bn")
+
+    def __init__(self, config: SiameseConfig, backbone: nn.Module) -> None:
+        super().__init__(config, backbone)
+        self.config: SiameseConfig = config
+        dim = self.projector.out_dim
+        self.predictor: nn.Module | None
+        if config.predictor == "mlp":
+            extra = {} if config.predictor_hidden_dim is None else {"hidden_dim": int(config.predictor_hidden_dim)}
+            self.predictor = mlp_head_preset(self.predictor_preset, dim, size=config.projector, out_dim=dim, **extra)
+        elif config.predictor == "linear":
+            self.predictor = LinearPredictor(dim, init="identity")
+        else:
+            self.predictor = None
+        momentum = ema_base(config.ema)
+        self.target = (
+            None if momentum is None
+            else EMATarget(nn.Sequential(self.backbone, self.projector), momentum, config.ema_final)
+        )
+
+    def branches(self, views: Sequence[torch.Tensor]) -> tuple[list[dict[str, torch.Tensor]], list[torch.Tensor]]:
+        """Online outputs (``repr``, ``emb``, ``pred``) and target embeddings of each view.
+
+        Targets are detached when they come from the EMA network or when ``stop_gradient``.
+        """
+        online = []
+        for x in views:
+            out = self.embed(x)
+            out["pred"] = self.predictor(out["emb"]) if self.predictor is not None else out["emb"]
+            online.append(out)
+        if self.target is not None:
+            targets = [self.target(x) for x in views]
+        elif self.config.stop_gradient:
+            targets = [out["emb"].detach() for out in online]
+        else:
+            targets = [out["emb"] for out in online]
+        return online, targets
+
+    def after_step(self, step: int, total_steps: int) -> dict[str, float]:
+        if self.target is None:
+            return {}
+        tau = self.target.update(nn.Sequential(self.backbone, self.projector), step, total_steps)
+        return {"ema_momentum": tau}
+
+    def collapse_hints(self) -> list[str]:
+        hints = super().collapse_hints()
+        c = self.config
+        if c.predictor == "none":
+            hints.append("method.predictor=none: without a predictor the collapsed solution is the attractor (Tian et al. 2021)")
+        if ema_base(c.ema) is None and not c.stop_gradient:
+            hints.append("method.stop_gradient=false with ema=off: the loss is minimised by collapse (Chen & He 2021)")
+        return hints
+
+
+# --------------------------------------------------------------------------- registry
+
+METHODS: dict[str, type[SSLMethod]] = {}
+"""Registered methods by name."""
+
+
+def register_method(cls: type[SSLMethod]) -> type[SSLMethod]:
+    """Class decorator adding a method to :data:`METHODS` under ``cls.name``."""
+    if not cls.name or cls.name in METHODS:
+        raise InputError(f"register_method: name {cls.name!r} is empty or taken")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    return sorted(METHODS)
+
+
+def method_class(name: str) -> type[SSLMethod]:
+    """The registered class for ``name``; an unknown name raises with the list and the nearest."""
+    if name not in METHODS:
+        near = difflib.get_close_matches(str(name), list(METHODS), n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise InputError(f"unknown method {name!r}; {hint}available: {', '.join(available_methods())}")
+    return METHODS[name]
+
+
+def build_method(config: MethodConfig | dict[str, Any], backbone: nn.Module) -> SSLMethod:
+    """Build a method from its config (a dataclass or a plain dict with ``name``)."""
+    if isinstance(config, dict):
+        cls = method_class(str(config.get("name", "")))
+        known = {f.name for f in fields(cls.config_class)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise InputError(f"method {cls.name!r}: unknown key(s) {unknown}; valid: {', '.join(sorted(known))}")
+        config = cls.config_class(**config)
+    cls = method_class(config.name)
+    if not isinstance(config, cls.config_class):
+        raise InputError(f"method {cls.name!r} needs a {cls.config_class.__name__}, got {type(config).__name__}")
+    return cls(config, backbone)
+
+
+def describe_methods() -> list[tuple[str, str, tuple[str, ...]]]:
+    """(name, one-line summary, switches) for every registered method."""
+    return [(name, METHODS[name].summary, METHODS[name].switches) for name in available_methods()]
+
