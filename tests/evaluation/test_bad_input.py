@@ -125,8 +125,9 @@ def test_features_from_another_dataset_are_refused_with_the_fix():
         evaluate(features, "digits")
 
 
-def test_checkpoint_paths_say_loading_arrives_with_the_trainer(tmp_path):
-    with pytest.raises(NotImplementedError, match="checkpoint loading arrives with the trainer"):
-        evaluate(tmp_path)
-    with pytest.raises(NotImplementedError, match="checkpoint loading arrives with the trainer"):
+def test_a_missing_checkpoint_path_is_named(tmp_path):
+    missing = tmp_path / "no_such_run"
+    with pytest.raises(InputError, match=r"no_such_run: no such run folder or checkpoint file"):
+        evaluate(missing)
+    with pytest.raises(InputError, match=r"last\.pt: no such run folder or checkpoint file"):
         evaluate(str(tmp_path / "last.pt"))

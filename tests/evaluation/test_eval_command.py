@@ -68,11 +68,11 @@ def test_table_puts_the_raw_pixel_baseline_beside_the_features(features_file, ca
     assert [row.split()[0] for row in rows] == ["kNN", "kNN", "k-means", "k-means", "k-means"]
 
 
-def test_run_directory_exits_2_saying_checkpoints_arrive_with_the_trainer(tmp_path, capsys):
+def test_a_folder_without_a_checkpoint_exits_2_naming_the_expected_file(tmp_path, capsys):
     code = _main(["eval", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2
-    assert "checkpoint loading arrives with the trainer" in err and "--features FILE" in err
+    assert str(tmp_path / "checkpoints" / "last.pt") in err and "finished an epoch" in err
 
 
 @pytest.mark.parametrize(

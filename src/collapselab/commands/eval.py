@@ -1,4 +1,4 @@
-"""``collapselab eval``: kNN, linear probe and clustering scores of frozen features."""
+"""``collapselab eval``: kNN, linear probe and clustering scores of a run, a checkpoint or frozen features."""
 
 from __future__ import annotations
 
@@ -36,19 +36,20 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     parser = subparsers.add_parser(
         "eval",
-        help="kNN, linear probe and clustering scores of frozen features",
+        help="kNN, linear probe and clustering scores of a run, a checkpoint or frozen features",
         description=(
             "Score a frozen representation by weighted kNN (top-1/top-5), a linear probe (top-1) and "
             "k-means clustering (NMI, ARI, Hungarian ACC), with the raw-pixel baseline beside it "
-            "when --dataset names the images the features came from. Accuracies are fractions. "
-            "Exit 0 when done, 2 on bad input."
+            "(and the random-init baseline for a run or checkpoint). For a run folder the scores "
+            "are also merged into its summary.json under 'eval'. Accuracies are fractions. "
+            "Exit 0 when done, 2 on bad input or an unreadable checkpoint."
         ),
     )
     parser.add_argument(
         "source",
         nargs="?",
         metavar="RUN_DIR|CHECKPOINT",
-        help="a training run or checkpoint (arrives with the trainer; use --features for now)",
+        help="a run folder (runs/<name>, read from checkpoints/last.pt) or a .pt checkpoint",
     )
     parser.add_argument(
         "--features",
@@ -56,7 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help=".npz or .pt with train_features, train_labels, test_features, test_labels [, test_codes]",
     )
     parser.add_argument(
-        "--dataset", help="dataset the features came from (enables the raw-pixel baseline)"
+        "--dataset",
+        help="dataset the features came from (enables the raw-pixel baseline); "
+        "for a run or checkpoint, default the run's dataset",
     )
     parser.add_argument("--data-dir", help="where the dataset files live")
     parser.add_argument(
@@ -109,7 +112,9 @@ def _floats(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from collapselab.engine.checkpoint import CheckpointError
     from collapselab.evaluation import PROTOCOLS, evaluate, load_features
+    from collapselab.evaluation.api import load_checkpoint_source
 
     if args.source and args.features:
         print("error: give either RUN_DIR|CHECKPOINT or --features FILE, not both", file=sys.stderr)
@@ -118,9 +123,12 @@ def run(args: argparse.Namespace) -> int:
         if args.features:
             source = load_features(args.features)
         elif args.source:
-            source = args.source
+            source = load_checkpoint_source(args.source)
         else:
-            print("error: give --features FILE (train/test features and labels)", file=sys.stderr)
+            print(
+                "error: give RUN_DIR|CHECKPOINT or --features FILE (train/test features and labels)",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         results = evaluate(
             source,
@@ -135,19 +143,17 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             data_dir=args.data_dir,
         )
-    except NotImplementedError as err:
-        print(
-            f"error: {err}\n(on the command line: save the features and pass --features FILE)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    except (InputError, FileNotFoundError) as err:
+    except (InputError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         print(format_table(results))
+    run_dir = getattr(source, "run_dir", None)
+    if run_dir is not None:
+        where = sys.stderr if args.json else sys.stdout  # keep --json output parseable
+        print(f"scores appended to {run_dir / 'summary.json'} under 'eval'", file=where)
     return EXIT_OK
 
 

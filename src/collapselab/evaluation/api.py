@@ -29,12 +29,8 @@ from collapselab.evaluation.linear import DEFAULT_L2, linear_probe
 
 PROTOCOLS = ("knn", "linear", "clustering")
 BASELINES = ("pixels", "random")
-CHECKPOINT_PENDING = (
-    "checkpoint loading arrives with the trainer: evaluate() does not read run directories or "
-    "checkpoint files yet. Pass the backbone as an nn.Module, or precomputed features "
-    "(a FeatureSplits, a dict with train_features/train_labels/test_features/test_labels, "
-    "or ((train_features, train_labels), (test_features, test_labels)))"
-)
+RUN_CHECKPOINT = Path("checkpoints") / "last.pt"
+FEATURE_CACHE = "features.npz"
 
 
 def _check_names(given: Sequence[str] | str, valid: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -70,11 +66,96 @@ Source = nn.Module | CheckpointSource | FeatureSplits | Mapping | tuple | str | 
 
 
 def load_checkpoint_source(path: str | os.PathLike) -> CheckpointSource:
-    """Open a run directory or a checkpoint file for :func:`evaluate` (arrives with the trainer).
+    """Open a run folder or a trainer checkpoint for :func:`evaluate`.
 
-    The trainer implements this (issue 7); until then it raises ``NotImplementedError``.
+    ``path``: a run folder (``runs/<name>``, read from ``checkpoints/last.pt``) or a ``.pt``
+    checkpoint file. The backbone is rebuilt from the checkpoint's saved config and input shape,
+    loaded (strict) from the ``backbone.``-prefixed weights, and put in eval mode on the CPU; the
+    transform is the run's input normalisation. Scores go to the run folder's ``summary.json``
+    (for a file, the run folder around ``checkpoints/`` when there is one) and features are
+    cached there (``features.npz`` for ``last.pt``, ``features_<stem>.npz`` for other files).
+
+    Raises:
+        InputError: ``path`` does not exist, or a folder holds no ``checkpoints/last.pt``.
+        CheckpointError: the file is corrupt or was not written by the trainer.
     """
-    raise NotImplementedError(f"{path}: {CHECKPOINT_PENDING}")
+    # Lazy imports: collapselab/__init__ imports the trainer, which imports this package.
+    from collapselab.config import config_from_dict
+    from collapselab.engine.checkpoint import CheckpointError, load_checkpoint
+    from collapselab.engine.trainer import Normalizer, build_backbone_for
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(
+            f"{path}: no such run folder or checkpoint file (pass runs/<name> or a .pt checkpoint)"
+        )
+    run_dir: Path | None
+    if path.is_dir():
+        checkpoint = path / RUN_CHECKPOINT
+        if not checkpoint.is_file():
+            raise InputError(
+                f"{path}: expected a checkpoint at {checkpoint}; is this a run folder? (the run "
+                "may not have finished an epoch yet: the trainer writes checkpoints/last.pt "
+                "after each epoch)"
+            )
+        run_dir, cache = path, path / FEATURE_CACHE
+    else:
+        checkpoint = path
+        parent = path.parent.parent
+        in_run = path.parent.name == RUN_CHECKPOINT.parent.name and any(
+            (parent / name).is_file() for name in ("summary.json", "config.yaml")
+        )
+        run_dir = parent if in_run else None
+        cache_name = (
+            FEATURE_CACHE if path.name == RUN_CHECKPOINT.name else f"features_{path.stem}.npz"
+        )
+        cache = parent / cache_name if in_run else None
+
+    try:
+        state = load_checkpoint(checkpoint, map_location="cpu")
+    except CheckpointError as err:
+        raise CheckpointError(f"loading the backbone for evaluation: {err}") from err
+    missing = [key for key in ("config", "model") if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{checkpoint}: no {' or '.join(repr(key) for key in missing)} entry; evaluate() reads "
+            "checkpoints written by collapselab.train (save_checkpoint with other contents "
+            "cannot be rebuilt into a backbone)"
+        )
+    try:
+        config = config_from_dict(state["config"])
+    except InputError as err:
+        raise CheckpointError(f"{checkpoint}: its saved config cannot be rebuilt: {err}") from err
+    prefix = state.get("backbone_prefix", "backbone.")
+    weights = {
+        key[len(prefix) :]: value for key, value in state["model"].items() if key.startswith(prefix)
+    }
+    shape = state.get("input_shape")
+    if not weights or shape is None or len(shape) != 3:
+        raise CheckpointError(
+            f"{checkpoint}: no {prefix!r} weights or no input_shape [C, H, W]; it was not written "
+            "by collapselab.train"
+        )
+    channels, height, width = (int(size) for size in shape)
+    backbone = build_backbone_for(config, channels, height, width)
+    try:
+        backbone.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{checkpoint}: the saved weights do not fit the configured backbone "
+            f"{config.model.backbone!r}: {err}"
+        ) from err
+    backbone.eval()
+    normalization = state.get("normalization") or {}
+    transform = Normalizer(normalization.get("mean"), normalization.get("std"))
+    return CheckpointSource(
+        model=backbone,
+        dataset=config.data.dataset,
+        transform=transform,
+        run_dir=run_dir,
+        output_key=None,
+        cache=cache,
+    )
 
 
 def _as_splits(source: Any) -> FeatureSplits:
@@ -187,9 +268,10 @@ def evaluate(
     Args:
         source: a feature extractor ``nn.Module`` (frozen: run in eval mode without gradients on
             ``dataset``'s train and test images), or precomputed features (see
-            :class:`FeatureSplits`). A run directory or checkpoint path goes through
-            :func:`load_checkpoint_source`, which arrives with the trainer and raises
-            ``NotImplementedError`` for now; its scores will be appended to the run's summary.
+            :class:`FeatureSplits`), or a run folder / checkpoint path (``str`` or
+            ``PathLike``): :func:`load_checkpoint_source` rebuilds the backbone, the run's
+            dataset, normalisation and feature cache serve as defaults, and the scores are
+            merged into the run's ``summary.json`` under ``"eval"``.
         dataset: registered dataset name (``collapselab datasets``). For a module, the images to
             embed (required); for a checkpoint, default the run's dataset; for features, the
             source of the raw-pixel baseline (its splits must match the features' labels), and
