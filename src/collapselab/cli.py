@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from collapselab import __version__
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "collapselab.commands.train",
+    "collapselab.commands.methods",
     "collapselab.commands.diagnose",
     "collapselab.commands.datasets",
     "collapselab.commands.eval",

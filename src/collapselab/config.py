@@ -44,7 +44,8 @@ class DataConfig:
     """``dataset``: a registered name (``collapselab datasets``). ``batch_size``: per process.
     ``augment``: a recipe name (simclr | byol | multicrop) or a dict for ``build_augment``; null
     = the method's default recipe. ``normalize``: standardise views with the training split's
-    per-channel mean and std. ``knn_split``: held-out split for the online kNN (null = none)."""
+    per-channel mean and std. ``knn_split``: held-out split for the online kNN (null = none; the
+    final evaluation always scores the ``test`` split, as :func:`collapselab.evaluate`)."""
 
     dataset: str = DEFAULT_DATASET
     data_dir: str | None = None
@@ -403,8 +404,6 @@ def validate(config: Config) -> None:
         _positive(o.grad_clip, "optim.grad_clip")
     if t.epochs < 1:
         raise InputError(f"train.epochs must be >= 1, got {t.epochs}")
-    if o.warmup_epochs > t.epochs:
-        raise InputError(f"optim.warmup_epochs ({o.warmup_epochs}) exceeds train.epochs ({t.epochs})")
     if t.amp not in AMP_MODES:
         raise InputError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {t.amp!r}")
     if t.threads is not None and t.threads < 1:

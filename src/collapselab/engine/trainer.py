@@ -301,7 +301,10 @@ class Trainer:
         return {k: out[k].float() for k in wanted}
 
     def check_collapse(self) -> list[Alarm]:
-        if not self.config.monitor.enabled or not self.main:
+        if not self.config.monitor.enabled:
+            return []
+        if not self.main:
+            self._sync_stop()
             return []
         alarms = self.monitor.update(self.global_step, self.probe_embeddings())
         for alarm in alarms:
@@ -311,7 +314,17 @@ class Trainer:
                                                "reason": alarm.reason}, kind="alarm")
         if self.config.monitor.policy == "stop" and any(a.level == "collapsed" for a in alarms):
             self.stop_reason = f"monitor.policy=stop: collapse alarm at step {self.global_step}"
+        self._sync_stop()
         return alarms
+
+    def _sync_stop(self) -> None:
+        """Every rank learns whether rank 0's monitor stopped the run (so no rank waits alone)."""
+        if not self.is_distributed:
+            return
+        flag = torch.tensor([1.0 if self.stop_reason else 0.0], device=self.device)
+        torch.distributed.broadcast(flag, src=0)
+        if flag.item() and self.stop_reason is None:
+            self.stop_reason = "monitor.policy=stop on rank 0"
 
     def online_knn(self) -> dict[str, float]:
         c = self.config
@@ -343,7 +356,8 @@ class Trainer:
         with autocast:
             out = self.model(views)
         loss = out.loss.float()
-        loss_value = float(loss.detach())
+        # the mean over ranks: every rank sees a non-finite loss on any rank, and logs the same value
+        loss_value = float(distributed.all_reduce(loss.detach(), op="mean")) if self.is_distributed else float(loss.detach())
         if not math.isfinite(loss_value):
             terms = _nonfinite_terms(out.scalars)
             where = f"non-finite terms: {', '.join(terms)}" if terms else f"terms: {', '.join(f'{k}={_float(v):.4g}' for k, v in out.scalars.items()) or 'none logged'}"
@@ -462,7 +476,7 @@ class Trainer:
         c = self.config
         return evaluate(self.method.backbone, c.data.dataset, protocols=("knn",), baselines=("pixels", "random"),
                         k=c.eval.knn_k, temperature=c.eval.knn_temperature, seed=c.train.seed,
-                        transform=self.normalizer, data_dir=c.data.data_dir)
+                        transform=self.normalizer, data_dir=c.data.data_dir, download=c.data.download)
 
     def _write_summary(self, status: str, wall: float, final: dict[str, float] | None, error: str | None = None) -> dict[str, Any]:
         c = self.config
@@ -533,6 +547,7 @@ def train(
     Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` and ``summary.json`` under
     ``run.out_dir/run.name``.
     """
+    overrides = list(overrides)
     if resume is not None:
         run_dir = Path(resume)
         saved = run_dir / "config.yaml"
@@ -542,7 +557,7 @@ def train(
             raise CheckpointError(f"--resume {run_dir}: no checkpoints/{LAST} to resume from")
         base = OmegaConf.to_container(OmegaConf.load(saved))
         cfg = config_from_dict(base)  # type: ignore[arg-type]
-        if config is not None or list(overrides) or kwargs:
+        if config is not None or overrides or kwargs:
             cfg = load_config(cfg.method.name, cfg.data.dataset, config_file=config, overrides=overrides,
                               base=to_dict(cfg), **kwargs)
         return Trainer(cfg, run_dir, resume=True).fit()

@@ -1,0 +1,107 @@
+"""``collapselab train``: train a method, watch collapse live, print the diagnosis and kNN."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from collapselab._validation import InputError
+from collapselab.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train",
+        help="train an SSL method (default: BYOL on digits, under a minute on a CPU)",
+        description=(
+            "Train a method on a dataset with the shipped recipe configs/<method>_<dataset>.yaml, "
+            "a YAML file (--config) and dotted overrides (optim.lr=0.1 method.predictor=none). "
+            "Writes runs/<name>/ (config.yaml, metrics.jsonl, checkpoints/, summary.json) and "
+            "prints the collapse diagnosis and the kNN accuracy beside its baselines. Exit 0 when "
+            "done, 1 when training failed or --fail-on was reached, 2 on a bad config."
+        ),
+    )
+    parser.add_argument("args", nargs="*", metavar="[METHOD [DATASET]] [KEY=VALUE ...]",
+                        help="method and dataset names (default byol digits), then overrides such as train.epochs=5")
+    parser.add_argument("--config", metavar="FILE", help="YAML config layered over the recipe")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoints/last.pt")
+    parser.add_argument("--name", help="run folder name (run.name)")
+    parser.add_argument("--fail-on", choices=("warning", "collapsed"),
+                        help="exit with status 1 if the final diagnosis reaches this level")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def split_args(tokens: list[str]) -> tuple[list[str], list[str]]:
+    """Positional names (before any KEY=VALUE) and overrides."""
+    names = [t for t in tokens if "=" not in t]
+    overrides = [t for t in tokens if "=" in t]
+    if len(names) > 2:
+        raise InputError(f"expected at most METHOD and DATASET before the overrides, got {names}")
+    return names, overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from collapselab.config import load_config, to_yaml
+    from collapselab.engine.checkpoint import CheckpointError
+    from collapselab.engine.trainer import TrainingError, train
+
+    try:
+        names, overrides = split_args(args.args)
+        method = names[0] if names else None
+        dataset = names[1] if len(names) > 1 else None
+        if args.name:
+            overrides.append(f"run.name={args.name}")
+        if args.print_config:
+            print(to_yaml(load_config(method, dataset, config_file=args.config, overrides=overrides)), end="")
+            return EXIT_OK
+        if args.resume and names:
+            raise InputError("--resume continues the saved run's method and dataset; drop METHOD/DATASET")
+        result = train(method, dataset, config=args.config, overrides=overrides, resume=args.resume)
+    except (InputError, CheckpointError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingError as err:
+        print(f"training failed: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    from collapselab import distributed
+
+    if distributed.get_rank() == 0:
+        print(report(result.summary, str(result.dir)))
+    if args.fail_on:
+        from collapselab.diagnostics import LEVELS
+
+        if LEVELS.index(result.summary["worst_verdict"]) >= LEVELS.index(args.fail_on):
+            return EXIT_FAIL
+    return EXIT_OK
+
+
+def report(summary: dict[str, Any], run_dir: str) -> str:
+    """The end-of-run text: diagnosis per watched embedding, kNN beside the baselines, where files are."""
+    from collapselab.diagnostics import Diagnosis
+
+    lines = [f"\n{summary['method']} on {summary['dataset']}: {summary['status']} after "
+             f"{summary['epochs_completed']} epochs, {summary['steps']} steps, {summary['wall_time_s']:.1f} s"
+             + (f" ({summary['throughput_img_per_s']:.0f} img/s)" if summary.get("throughput_img_per_s") else "")]
+    for name, d in summary["diagnosis"].items():
+        metrics = {k: (float("nan") if v is None else v) for k, v in d["metrics"].items()}
+        lines += ["", f"== '{name}' ({'backbone features' if name == 'repr' else 'projector output' if name == 'emb' else name})",
+                  str(Diagnosis(metrics, d["verdict"], d["reasons"]))]
+    alarms = summary.get("alarms") or []
+    lines.append("")
+    lines.append(f"alarms: {len(alarms)}")
+    for a in alarms:
+        lines.append(f"  step {a['step']}: {a['mode']} {a['level']} in '{a['name']}': {a['reason']}")
+    if alarms and summary.get("collapse_hints"):
+        lines.append("  hints: " + "; ".join(summary["collapse_hints"]))
+    ev = summary.get("eval") or {}
+    if "knn_top1" in ev:
+        lines += ["", f"kNN top-1 on the held-out split of {summary['dataset']}:"]
+        for label, key in (("trained backbone", "knn_top1"), ("raw pixels", "baseline_pixels_knn_top1"),
+                           ("untrained backbone", "baseline_random_knn_top1")):
+            if key in ev:
+                lines.append(f"  {label:<20} {100 * ev[key]:5.1f} %")
+    lines += ["", f"run written to {run_dir}/ (config.yaml, metrics.jsonl, checkpoints/last.pt, summary.json)"]
+    return "\n".join(lines)

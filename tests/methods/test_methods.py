@@ -1,0 +1,209 @@
+"""Methods: losses against independent formulas, the anti-collapse switches, EMA, registry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from collapselab._validation import InputError
+from collapselab.methods import (
+    METHODS,
+    EMATarget,
+    build_method,
+    ema_base,
+    method_class,
+)
+from collapselab.models import LinearPredictor, build_backbone
+
+torch.set_num_threads(1)
+
+
+def make(name: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    cls = method_class(name)
+    config = cls.config_class(**overrides)
+    return build_method(config, build_backbone("small_cnn", in_channels=1, width=4))
+
+
+def views(n: int = 16, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, 1, 8, 8, generator=g) for _ in range(2)]
+
+
+def cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a / a.norm(dim=1, keepdim=True) * b / b.norm(dim=1, keepdim=True)).sum(1).mean()
+
+
+def test_registry_has_the_six_core_methods_and_unknown_names_list_them() -> None:
+    assert {"simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg"} <= set(METHODS)
+    with pytest.raises(InputError, match=r"did you mean 'simsiam'.*available: barlow_twins"):
+        method_class("simsam")
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_gives_a_finite_loss_gradients_and_named_tensors(name: str) -> None:
+    method = make(name)
+    out = method(views())
+    assert out.loss.ndim == 0 and math.isfinite(float(out.loss.detach()))
+    out.loss.backward()
+    trainable = [p for p in method.parameters() if p.requires_grad]
+    assert all(p.grad is not None for p in trainable), "every trainable parameter takes part"
+    assert {"repr", "emb"} <= set(out.tensors)
+    assert not any(t.requires_grad for t in out.tensors.values())
+    emb = method.embed(views()[0])
+    assert emb["repr"].shape[1] == method.backbone.out_dim and emb["emb"].shape[1] == method.projector.out_dim
+
+
+def test_byol_loss_is_the_symmetrised_2_minus_2_cosine_and_its_target_starts_as_the_online_copy() -> None:
+    method = make("byol")
+    v1, v2 = views()
+    out = method([v1, v2])
+    with torch.no_grad():
+        z1, z2 = method.projector(method.backbone(v1)), method.projector(method.backbone(v2))
+        p1, p2 = method.predictor(z1), method.predictor(z2)
+    expected = (2 - 2 * cos(p1, z2)) + (2 - 2 * cos(p2, z1))
+    assert float(out.loss.detach()) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_simsiam_loss_is_half_the_sum_of_negative_cosines() -> None:
+    method = make("simsiam")
+    v1, v2 = views()
+    out = method([v1, v2])
+    with torch.no_grad():
+        z1, z2 = method.projector(method.backbone(v1)), method.projector(method.backbone(v2))
+        p1, p2 = method.predictor(z1), method.predictor(z2)
+    expected = -0.5 * cos(p1, z2) - 0.5 * cos(p2, z1)
+    assert float(out.loss.detach()) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_predictor_switch_builds_mlp_linear_or_nothing() -> None:
+    assert make("byol", predictor="none").predictor is None
+    linear = make("byol", predictor="linear").predictor
+    assert isinstance(linear, LinearPredictor)
+    assert torch.equal(linear.weight, torch.eye(linear.weight.shape[0]))
+    out = make("simsiam", predictor="none")(views())
+    assert torch.equal(out.tensors["pred"], out.tensors["emb"])
+    with pytest.raises(InputError, match="did you mean 'linear'"):
+        make("byol", predictor="lineer")
+
+
+def test_stop_gradient_switch_lets_gradient_through_the_target_branch() -> None:
+    """Same weights, same views: the projector's gradient differs exactly by the target-path term."""
+    grads = {}
+    for stop in (True, False):
+        method = make("simsiam", stop_gradient=stop)
+        method(views()).loss.backward()
+        grads[stop] = method.projector.net[0].weight.grad.clone()
+    assert not torch.allclose(grads[True], grads[False])
+    # with stop-gradient, the gradient is that of the loss with explicitly detached targets
+    method = make("simsiam", stop_gradient=True)
+    v1, v2 = views()
+    z1, z2 = method.projector(method.backbone(v1)), method.projector(method.backbone(v2))
+    p1, p2 = method.predictor(z1), method.predictor(z2)
+    loss = -0.5 * F.cosine_similarity(p1, z2.detach()).mean() - 0.5 * F.cosine_similarity(p2, z1.detach()).mean()
+    loss.backward()
+    assert torch.allclose(method.projector.net[0].weight.grad, grads[True], atol=1e-6)
+
+
+def test_stop_gradient_false_with_an_ema_target_is_refused() -> None:
+    with pytest.raises(InputError, match=r"needs method\.ema=off"):
+        make("byol", stop_gradient=False)
+    make("byol", stop_gradient=False, ema="off")  # the SimSiam-without-stop-gradient setting
+
+
+def test_ema_values_off_false_none_mean_no_target_and_bad_values_are_refused() -> None:
+    for off in ("off", False, None, "none"):
+        assert ema_base(off) is None
+    assert ema_base("0.996") == pytest.approx(0.996)
+    for bad in (1.0, -0.1, "fast"):
+        with pytest.raises(InputError, match=r"method\.ema"):
+            ema_base(bad)
+    assert make("byol", ema="off").target is None
+
+
+def test_ema_update_is_the_convex_combination_with_the_byol_cosine_schedule() -> None:
+    online = torch.nn.Linear(3, 2)
+    target = EMATarget(online, base_momentum=0.9, final_momentum=1.0)
+    before = target.net.weight.detach().clone()
+    with torch.no_grad():
+        online.weight.add_(1.0)
+    tau = target.update(online, step=0, total_steps=10)
+    assert tau == pytest.approx(0.9)
+    assert torch.allclose(target.net.weight, 0.9 * before + 0.1 * online.weight)
+    assert target.momentum(5, 10) == pytest.approx(1 - 0.1 * (math.cos(math.pi * 5 / 10) + 1) / 2)
+    assert target.momentum(10, 10) == pytest.approx(1.0)
+    assert EMATarget(online, 0.99, None).momentum(7, 10) == pytest.approx(0.99)
+    assert not any(p.requires_grad for p in target.parameters())
+
+
+def test_byol_after_step_moves_the_target_and_reports_the_momentum() -> None:
+    method = make("byol")
+    with torch.no_grad():
+        for p in method.backbone.parameters():
+            p.add_(0.5)
+    scalars = method.after_step(0, 100)
+    assert scalars["ema_momentum"] == pytest.approx(0.99)
+    online = dict(method.backbone.named_parameters())
+    for name, p in method.target.net[0].named_parameters():
+        assert not torch.equal(p, online[name])
+
+
+def test_moco_loss_is_info_nce_against_the_queue_and_enqueues_the_keys() -> None:
+    method = make("moco", queue_size=64)
+    v1, v2 = views()
+    queue_before = method.queue.queue.clone()
+    out = method([v1, v2])
+    with torch.no_grad():
+        q = F.normalize(method.projector(method.backbone(v1)), dim=1)
+        k = F.normalize(method.target(v2), dim=1)
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue_before.T], 1) / 0.2
+    expected = F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long))
+    assert float(out.loss.detach()) == pytest.approx(float(expected), abs=1e-5)
+    assert torch.allclose(method.queue.queue[: len(k)], k, atol=1e-6)
+    assert int(method.queue.pointer) == len(k)
+
+
+def test_simclr_loss_equals_a_loop_over_the_2n_anchors() -> None:
+    method = make("simclr", temperature=0.5)
+    v1, v2 = views(n=6)
+    out = method([v1, v2])
+    with torch.no_grad():
+        u = torch.cat([method.projector(method.backbone(v1)), method.projector(method.backbone(v2))])
+    u = F.normalize(u, dim=1)
+    n, total = 6, 0.0
+    for i in range(2 * n):
+        pos = (i + n) % (2 * n)
+        denom = sum(math.exp(float(u[i] @ u[k]) / 0.5) for k in range(2 * n) if k != i)
+        total += -math.log(math.exp(float(u[i] @ u[pos]) / 0.5) / denom)
+    assert float(out.loss.detach()) == pytest.approx(total / (2 * n), abs=1e-4)
+
+
+def test_barlow_and_vicreg_log_their_unweighted_terms_and_weights_are_switches() -> None:
+    out = make("barlow_twins")(views())
+    assert {"on_diagonal", "off_diagonal"} <= set(out.scalars)
+    no_redundancy = make("barlow_twins", lambda_offdiag=0.0)(views())
+    assert float(no_redundancy.loss.detach()) == pytest.approx(float(no_redundancy.scalars["on_diagonal"]), rel=1e-6)
+    out = make("vicreg", variance_weight=0.0, covariance_weight=0.0)(views())
+    assert float(out.loss.detach()) == pytest.approx(25.0 * float(out.scalars["invariance"]), rel=1e-6)
+    assert any("variance_weight=0" in h for h in make("vicreg", variance_weight=0.0).collapse_hints())
+
+
+def test_projector_bn_switch_removes_every_batchnorm_from_the_projector() -> None:
+    for name in ("byol", "simsiam", "vicreg"):
+        method = make(name, projector_bn=False)
+        assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in method.projector.modules())
+        assert any("projector_bn=false" in h for h in method.collapse_hints())
+
+
+def test_collapse_hints_name_the_switch_that_is_off() -> None:
+    assert make("byol").collapse_hints() == []
+    assert any("predictor=none" in h for h in make("byol", predictor="none").collapse_hints())
+    assert any("stop_gradient=false" in h for h in make("simsiam", stop_gradient=False).collapse_hints())
+
+
+def test_methods_need_two_views() -> None:
+    with pytest.raises(InputError, match="two views"):
+        make("simclr")([torch.randn(4, 1, 8, 8)])
