@@ -16,6 +16,9 @@ the loop's overhead only:
 
 Measurements alternate (plain, collapselab, plain, collapselab, ...) and the table shows
 medians of ``--repeats``; the overhead ratio is plain img/s / collapselab img/s (target <= 1.10).
+On a machine whose load drifts (shared CPUs) whole runs are noisy, so the table also shows a
+"step overhead": ``Trainer._step`` (a trainer built on the same data) and the plain step
+timed alternately step by step on the same batches, median over median.
 
 CPU (default; 2 cores, about 2-3 minutes)::
 
@@ -47,9 +50,11 @@ import numpy as np
 import torch
 
 import collapselab
+from collapselab.config import load_config
 from collapselab.data import build_augment
 from collapselab.data.augment import channel_stats
 from collapselab.engine.optim import build_optimizer
+from collapselab.engine.trainer import Trainer
 from collapselab.losses import negative_cosine, nt_xent
 from collapselab.methods import build_method, method_class
 from collapselab.models import build_backbone
@@ -108,8 +113,8 @@ def plain_loss(method: torch.nn.Module, name: str, views: list[torch.Tensor]) ->
     raise SystemExit(f"no plain loop for method {name!r} (choose byol or simclr)")
 
 
-def plain_run(args, name: str, backbone_key: str, images: torch.Tensor) -> tuple[float, float]:
-    """(images/s, seconds per measured epoch or nan) of the plain loop."""
+def make_plain_step(args, name: str, backbone_key: str, images: torch.Tensor):
+    """(step(batch), batches(count), images on the device) of the plain loop."""
     device = torch.device(args.device)
     torch.manual_seed(0)
     backbone_name, kwargs = BACKBONES[backbone_key]
@@ -147,6 +152,13 @@ def plain_run(args, name: str, backbone_key: str, images: torch.Tensor) -> tuple
         for i in range(count):
             yield data[order[i * args.batch_size : (i + 1) * args.batch_size]]
 
+    return step, batches, data
+
+
+def plain_run(args, name: str, backbone_key: str, images: torch.Tensor) -> tuple[float, float]:
+    """(images/s, seconds per measured epoch or nan) of the plain loop."""
+    device = torch.device(args.device)
+    step, batches, data = make_plain_step(args, name, backbone_key, images)
     per_epoch = len(data) // args.batch_size
     if args.epoch:
         for batch in batches(per_epoch):  # warm-up epoch
@@ -174,12 +186,9 @@ def plain_run(args, name: str, backbone_key: str, images: torch.Tensor) -> tuple
 # --------------------------------------------------------------------------- collapselab
 
 
-def library_run(args, name: str, backbone_key: str, data_dir: Path, out_dir: Path, tag: str):
-    """(images/s, seconds per measured epoch or nan) of ``collapselab.train``."""
+def library_overrides(args, backbone_key: str, data_dir: Path, out_dir: Path, tag: str, steps: int):
     backbone_name, kwargs = BACKBONES[backbone_key]
-    per_epoch = len(np.load(data_dir / "train.npz")["y"]) // args.batch_size
-    steps = min(per_epoch, args.warmup + args.steps)
-    overrides = {
+    return {
         "model": {"backbone": backbone_name, "backbone_args": dict(kwargs)},
         "data": {"dataset": "npz", "data_dir": str(data_dir), "batch_size": args.batch_size,
                  "knn_split": None},
@@ -193,6 +202,13 @@ def library_run(args, name: str, backbone_key: str, data_dir: Path, out_dir: Pat
         "eval": {"final": False, "knn_every": 0},
         "run": {"name": tag, "out_dir": str(out_dir)},
     }
+
+
+def library_run(args, name: str, backbone_key: str, data_dir: Path, out_dir: Path, tag: str):
+    """(images/s, seconds per measured epoch or nan) of ``collapselab.train``."""
+    per_epoch = len(np.load(data_dir / "train.npz")["y"]) // args.batch_size
+    steps = min(per_epoch, args.warmup + args.steps)
+    overrides = library_overrides(args, backbone_key, data_dir, out_dir, tag, steps)
     run = collapselab.train(name, "npz", **overrides)
     records = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r.get("kind") == "epoch"]
@@ -204,6 +220,36 @@ def library_run(args, name: str, backbone_key: str, data_dir: Path, out_dir: Pat
     warm_seconds = args.warmup * batch / warm[0]["img_per_s"] if args.warmup else 0.0
     total_seconds = epochs[-1]["epoch_time_s"]
     return (steps - args.warmup) * batch / (total_seconds - warm_seconds), math.nan
+
+
+def interleaved_step_ratio(args, name: str, backbone_key: str, images: torch.Tensor,
+                           data_dir: Path, out_dir: Path) -> float:
+    """Median time of ``Trainer._step`` over that of the plain step, alternating step by step on
+    the same batches (robust to a machine whose load drifts; the loop around the step excluded)."""
+    config = load_config(name, "npz", **library_overrides(args, backbone_key, data_dir, out_dir,
+                                                           f"{name}_{backbone_key}_steps", 1))
+    trainer = Trainer(config, out_dir / f"{name}_{backbone_key}_steps")
+    trainer.setup()
+    trainer.method.train()
+    plain_step, batches, _ = make_plain_step(args, name, backbone_key, images)
+    device = torch.device(args.device)
+
+    def library_step(batch: torch.Tensor) -> None:
+        trainer._step(batch)
+        trainer.global_step += 1
+
+    plain_times, library_times = [], []
+    for i, batch in enumerate(batches(args.warmup + args.steps)):
+        order = ((plain_step, plain_times), (library_step, library_times))
+        for fn, times in order if i % 2 == 0 else order[::-1]:
+            synchronize(device)
+            start = time.perf_counter()
+            fn(batch)
+            synchronize(device)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - start)
+    trainer.logger.close()
+    return statistics.median(library_times) / statistics.median(plain_times)
 
 
 # --------------------------------------------------------------------------- main
@@ -226,6 +272,8 @@ def main() -> None:
                         help="time whole epochs (seconds per epoch; default with --device cuda)")
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--no-step-check", action="store_true",
+                        help="skip the step-by-step interleaved Trainer._step vs plain step timing")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available here")
@@ -258,24 +306,29 @@ def main() -> None:
                                                 f"{name}_{backbone}_{rep}")
                     lib.append(rate)
                     lib_s.append(seconds)
+                step_ratio = math.nan if args.no_step_check else interleaved_step_ratio(
+                    args, name, backbone, images, data_dir, out_dir)
                 p, c = statistics.median(plain), statistics.median(lib)
-                rows.append((name, backbone, p, c, p / c, statistics.median(plain_s),
+                rows.append((name, backbone, p, c, p / c, step_ratio, statistics.median(plain_s),
                              statistics.median(lib_s)))
                 print(f"  {name} {backbone}: plain {[round(x) for x in plain]} "
-                      f"collapselab {[round(x) for x in lib]} img/s", flush=True)
+                      f"collapselab {[round(x) for x in lib]} img/s; step ratio {step_ratio:.3f}",
+                      flush=True)
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-    header = f"{'method':8} {'backbone':18} {'plain img/s':>12} {'collapselab img/s':>18} {'overhead':>9}"
+    header = (f"{'method':8} {'backbone':18} {'plain img/s':>12} {'collapselab img/s':>18} "
+              f"{'overhead':>9} {'step overhead':>14}")
     if args.epoch:
         header += f" {'plain s/epoch':>14} {'collapselab s/epoch':>20}"
     print()
     print(header)
-    for name, backbone, p, c, ratio, ps, cs in rows:
-        line = f"{name:8} {backbone:18} {p:12.0f} {c:18.0f} {ratio:9.3f}"
+    for name, backbone, p, c, ratio, step_ratio, ps, cs in rows:
+        line = f"{name:8} {backbone:18} {p:12.0f} {c:18.0f} {ratio:9.3f} {step_ratio:14.3f}"
         if args.epoch:
             line += f" {ps:14.2f} {cs:20.2f}"
         print(line)
-    print(f"\noverhead = plain img/s / collapselab img/s (target <= 1.10); medians of "
-          f"{args.repeats}; load(1 min) at the end {load_end:.2f}")
+    print(f"\noverhead = plain img/s / collapselab img/s of whole runs (target <= 1.10), medians "
+          f"of {args.repeats} alternating runs; step overhead = median Trainer._step time / median "
+          f"plain step time, alternating step by step; load(1 min) at the end {load_end:.2f}")
 
 
 if __name__ == "__main__":
