@@ -30,4 +30,4 @@ def test_monitor_example_prints_the_alarms_it_promises(capsys) -> None:
     exec(compile(block, "docs/diagnostics.md:monitor", "exec"), namespace)
     out = capsys.readouterr().out
     assert "dimensional collapse WARNING" in out and "dimensional collapse COLLAPSED" in out
-    assert namespace["monitor"].first_unhealthy["emb"] == {"dimensional": 150, "complete": 250}
+    assert namespace["monitor"].first_unhealthy["emb"] == {"dimensional": 250, "complete": 250}

@@ -61,7 +61,9 @@ class OptimConfig:
     """``lr`` is the base rate for a global batch of 256 when ``lr_scaling=linear`` (Goyal et al.
     2017): the rate used is lr × global_batch / 256. Warm-up then cosine decay to ``min_lr_ratio``
     × lr. BN and bias parameters get no weight decay (and no LARS adaptation) when
-    ``exclude_bias_and_norm``. ``grad_clip``: max global gradient norm (null = off)."""
+    ``exclude_bias_and_norm``. ``grad_clip``: max global gradient norm (null = off). ``eta``:
+    LARS trust coefficient; 0.02 as solo-learn's CIFAR recipes (the 0.001 of You et al. 2017 and
+    BYOL is for batch 4096 on ImageNet and barely moves the weights in a short small-data run)."""
 
     name: str = "lars"
     lr: float = 0.3
@@ -69,7 +71,7 @@ class OptimConfig:
     weight_decay: float = 1e-6
     momentum: float = 0.9
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eta: float = 0.001
+    eta: float = 0.02
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.0
     exclude_bias_and_norm: bool = True
@@ -222,9 +224,14 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         if "=" not in item or item.startswith("="):
             raise InputError(f"override {item!r} is not of the form section.key=value (e.g. optim.lr=0.1)")
     try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist(items))  # type: ignore[return-value]
+        nested: dict[str, Any] = OmegaConf.to_container(OmegaConf.from_dotlist(items))  # type: ignore[assignment]
     except OmegaConfBaseException as err:
         raise InputError(f"cannot parse overrides {items}: {err}") from err
+    sections = _schema_fields(Config)
+    for key in [k for k in nested if k not in sections]:  # `lr=0.1` means optim.lr, as in Python
+        for section, values in shorthand({key: nested.pop(key)}).items():
+            nested.setdefault(section, {}).update(values)
+    return nested
 
 
 def shorthand(kwargs: Mapping[str, Any], schema: Config | None = None) -> dict[str, Any]:
@@ -269,18 +276,33 @@ def check_keys(layer: Mapping[str, Any], schema: Any, where: str, prefix: str = 
     for key, value in layer.items():
         dotted = f"{prefix}{key}"
         if key not in valid:
-            candidates = [f"{prefix}{k}" for k in valid]
-            near = difflib.get_close_matches(dotted, candidates, n=1, cutoff=0.6)
-            if not near:  # a key under the wrong section?
-                everywhere = _all_dotted_keys(Config(method=schema.method) if isinstance(schema, Config) else schema)
-                near = difflib.get_close_matches(dotted, everywhere, n=1, cutoff=0.6)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise InputError(f"unknown config key {dotted!r} in {where}{hint} (valid here: {', '.join(sorted(valid))})")
+            raise InputError(f"unknown config key {dotted!r} in {where}{_suggest(key, prefix, valid)} "
+                             f"(valid here: {', '.join(sorted(valid))})")
         child = getattr(schema, key)
         if is_dataclass(child):
             if not isinstance(value, Mapping):
                 raise InputError(f"config key {dotted!r} in {where} is a section; give it a mapping, got {value!r}")
             check_keys(value, child, where, prefix=f"{dotted}.")
+
+
+def _suggest(key: str, prefix: str, valid: Mapping[str, Any]) -> str:
+    """'; did you mean ...?' for an unknown key: the same key in another section, a near miss
+    here, a near miss anywhere, or a method that owns the key."""
+    everywhere = _all_dotted_keys(Config())
+    same_key = [k for k in everywhere if k.rsplit(".", 1)[-1] == key]
+    if same_key and not prefix.startswith("method"):
+        return f"; did you mean {same_key[0]!r}?"
+    near_here = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    if near_here:
+        return f"; did you mean {prefix + near_here[0]!r}?"
+    if prefix.startswith("method"):
+        from collapselab.methods import METHODS
+
+        owners = [name for name, cls in METHODS.items() if key in {f.name for f in fields(cls.config_class)}]
+        if owners:
+            return f"; {key!r} is a setting of {', '.join(owners)}, not of this run's method"
+    near = difflib.get_close_matches(prefix + key, everywhere, n=1, cutoff=0.6)
+    return f"; did you mean {near[0]!r}?" if near else ""
 
 
 def _all_dotted_keys(schema: Any, prefix: str = "") -> list[str]:

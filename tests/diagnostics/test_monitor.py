@@ -18,7 +18,7 @@ def _rank_decay_trajectory(steps: int, n: int = 400, d: int = 32, seed: int = 0)
     base = torch.randn(n, d, generator=g)
     for t in range(steps):
         scale = torch.ones(d)
-        scale[2:] = 0.5 ** (t * 1.5)  # all but 2 directions shrink geometrically
+        scale[2:] = 0.5 ** (t * 0.75)  # all but 2 directions shrink geometrically
         yield t * 10, base * scale
 
 

@@ -60,8 +60,10 @@ class CollapseMonitor:
             initialisation): dimensional and complete verdicts then follow the effective rank and
             tr Σ relative to where they started, which is what the data and architecture allow.
         trend_window, trend_drop: a steady fall of ``effective_rank`` or ``total_variance`` over
-            ``trend_window`` checks by more than ``trend_drop`` (fraction) raises a warning even
-            while the level is still above the thresholds.
+            ``trend_window`` checks by more than ``trend_drop`` (fraction) to below the reference
+            value raises a warning even while the level is still above the thresholds (a fall
+            from an early overshoot back above the reference does not: healthy SimSiam on digits
+            climbs from effective rank 28 to 63, then settles at 24).
         warmup_steps: verdicts at steps below this are recorded in ``levels`` and ``history``
             but raise no alarm and do not count as first unhealthy. Early training can dip
             transiently: healthy VICReg on digits drops its embedding's effective rank from 19 to
@@ -163,7 +165,9 @@ class CollapseMonitor:
             metric = TREND_METRICS.get(mode)
             if level == "healthy" and metric is not None:
                 values = self.history[name][metric]
-                if falling_trend(values, self.trend_window, self.trend_drop):
+                start = self.references.get(name, {}).get(metric, math.inf)
+                # a fall back towards the starting level (after an early overshoot) is not a collapse trend
+                if falling_trend(values, self.trend_window, self.trend_drop) and values[-1] < start:
                     level = "warning"
                     reason = (
                         f"{metric} falling for {self.trend_window} checks: "

@@ -243,7 +243,8 @@ class Trainer:
             self.run_dir, enabled=self.main, tensorboard=c.log.tensorboard,
             wandb={"project": c.log.wandb_project, "mode": c.log.wandb_mode, "name": self.run_dir.name}
             if c.log.wandb_project else None,
-            resume_step=self.global_step if self.resume else None, config=to_dict(c),
+            # lines at the checkpoint's own step were written before it was saved: keep them
+            resume_step=self.global_step + 1 if self.resume else None, config=to_dict(c),
         )
 
     # ---- checkpoints ---------------------------------------------------------------------
@@ -396,11 +397,11 @@ class Trainer:
             while self.epoch < c.train.epochs and self.stop_reason is None:
                 self._train_epoch()
         except KeyboardInterrupt:
-            status = "interrupted"
-            self._write_summary(status, time.perf_counter() - start_wall, None)
+            self._write_summary("interrupted", time.perf_counter() - start_wall, None)
+            self.logger.close()
             raise
-        except TrainingError as err:
-            self._write_summary("failed", time.perf_counter() - start_wall, None, error=str(err))
+        except Exception as err:
+            self._write_summary("failed", time.perf_counter() - start_wall, None, error=f"{type(err).__name__}: {err}")
             self.logger.close()
             raise
         if self.stop_reason is not None:
@@ -532,6 +533,7 @@ def default_run_name(config: Config) -> str:
 def train(
     method: str | None = None,
     dataset: str | None = None,
+    /,
     *,
     config: str | os.PathLike | None = None,
     overrides: Iterable[str] = (),
@@ -548,6 +550,11 @@ def train(
     ``run.out_dir/run.name``.
     """
     overrides = list(overrides)
+    # train(method="byol", dataset="digits") names them; method={...} is the method section
+    if isinstance(kwargs.get("method"), str):
+        method = kwargs.pop("method")
+    if isinstance(kwargs.get("dataset"), str):
+        dataset = kwargs.pop("dataset")
     if resume is not None:
         run_dir = Path(resume)
         saved = run_dir / "config.yaml"
