@@ -149,7 +149,7 @@ def make_plain_step(args, name: str, backbone_key: str, images: torch.Tensor):
 
     def batches(count: int):
         order = torch.randperm(len(data), device=device, generator=generator)
-        for i in range(count):
+        for i in range(min(count, len(data) // args.batch_size)):  # full batches of one epoch
             yield data[order[i * args.batch_size : (i + 1) * args.batch_size]]
 
     return step, batches, data
