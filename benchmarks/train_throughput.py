@@ -20,7 +20,8 @@ On a machine whose load drifts (shared CPUs) whole runs are noisy, so the table 
 "step overhead": ``Trainer._step`` (a trainer built on the same data) and the plain step
 timed alternately step by step on the same batches, median over median.
 
-CPU (default; 2 cores, about 2-3 minutes)::
+CPU (default: about 3 minutes on 2 idle cores, more on a shared machine; more steps and
+repeats, e.g. ``--steps 8 --repeats 3``, give steadier numbers)::
 
     python benchmarks/train_throughput.py
 
@@ -263,9 +264,9 @@ def main() -> None:
                         help="default: small_cnn resnet18_quarter (cpu), resnet18 (cuda)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=None,
-                        help="measured steps (default: 8 small_cnn, 3 for ResNets)")
+                        help="measured steps (default: 4 small_cnn, 2 for ResNets)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before measuring")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating measurements per side")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating measurements per side")
     parser.add_argument("--images", type=int, default=None,
                         help="synthetic images (default: 2048 cpu, 50000 cuda)")
     parser.add_argument("--epoch", action="store_true",
@@ -295,7 +296,7 @@ def main() -> None:
         data_dir.mkdir()
         write_npz(images, data_dir)
         for backbone in backbones:
-            args.steps = steps_arg or (8 if backbone == "small_cnn" else 3)
+            args.steps = steps_arg or (4 if backbone == "small_cnn" else 2)
             for name in args.methods:
                 plain, lib, plain_s, lib_s = [], [], [], []
                 for rep in range(args.repeats):
