@@ -58,11 +58,6 @@ def test_unknown_key_names_the_closest_valid_key(override: str, bad_key: str, su
     assert f"unknown config key {bad_key!r} in the overrides; did you mean {suggestion!r}?" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config.py check_keys(): the fuzzy match compares dotted keys, so the shared 'train.' prefix "
-    "makes 'train.amp' a close match for 'train.lr' and the wrong-section fallback never runs; "
-    "match the bare key ('lr') against the section's keys and look for the same key in other "
-    "sections before a fuzzy match"))
 def test_key_in_the_wrong_section_names_the_right_section() -> None:
     with pytest.raises(InputError, match=r"did you mean 'optim\.lr'\?"):
         load_config("byol", "digits", overrides=["train.lr=0.1"])
@@ -203,11 +198,6 @@ def test_shorthand_unknown_name_suggests_the_nearest() -> None:
         shorthand({"epochz": 3})
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "engine/trainer.py train(): its first parameter is named `method`, so the `method` section "
-    "cannot be passed as a keyword (train('byol', 'digits', method={...}) -> TypeError: got "
-    "multiple values for argument 'method'), although the docstring shows method={'predictor': "
-    "'none'}; make method and dataset positional-only (`method=None, dataset=None, /, *, ...`)"))
 def test_train_accepts_the_method_section_as_a_keyword(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"did you mean 'method\.predictor'\?"):
         collapselab.train("byol", "digits", method={"predictr": "none"}, **tiny(tmp_path))

@@ -228,7 +228,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     except OmegaConfBaseException as err:
         raise InputError(f"cannot parse overrides {items}: {err}") from err
     sections = _schema_fields(Config)
-    for key in [k for k in nested if k not in sections]:  # `lr=0.1` means optim.lr, as in Python
+    for key in [k for k in nested if k not in sections and not isinstance(nested[k], dict)]:  # lr=0.1: optim.lr
         for section, values in shorthand({key: nested.pop(key)}).items():
             nested.setdefault(section, {}).update(values)
     return nested
@@ -331,6 +331,7 @@ def _peek(layers: Sequence[Mapping[str, Any]], section: str, key: str, default: 
 def load_config(
     method: str | None = None,
     dataset: str | None = None,
+    /,
     config_file: str | os.PathLike | None = None,
     overrides: Iterable[str] = (),
     use_recipe: bool = True,
@@ -343,6 +344,10 @@ def load_config(
     layer take precedence. ``overrides`` are dotted strings, ``kwargs`` Python shorthands (see
     :func:`shorthand`). ``base``: a saved config (a resumed run's) used instead of the recipe.
     """
+    if isinstance(kwargs.get("method"), str):
+        method = kwargs.pop("method")
+    if isinstance(kwargs.get("dataset"), str):
+        dataset = kwargs.pop("dataset")
     user_layers: list[tuple[str, dict[str, Any]]] = []
     if config_file is not None:
         user_layers.append((str(config_file), _read_yaml(config_file)))

@@ -123,11 +123,6 @@ def test_resume_after_interrupt_equals_uninterrupted_run(request: pytest.Fixture
     assert resumed.config == dataclasses.replace(straight.config, run=resumed.config.run)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "trainer.py setup(): RunLogger(resume_step=self.global_step) keeps only lines with step < k, "
-    "but the epoch record of the last completed epoch is logged at step == k, so the resumed "
-    "metrics.jsonl loses epoch 2's last train line and its epoch line; pass "
-    "resume_step=self.global_step + 1"))
 def test_resumed_metrics_equal_uninterrupted_metrics(byol_runs: tuple[collapselab.Run, collapselab.Run]) -> None:
     straight, resumed = byol_runs
     epoch_lines = [r["epoch"] for r in read_metrics(resumed.dir) if r["kind"] == "epoch"]

@@ -401,7 +401,7 @@ class Trainer:
             self.logger.close()
             raise
         except Exception as err:
-            self._write_summary("failed", time.perf_counter() - start_wall, None, error=f"{type(err).__name__}: {err}")
+            self._write_summary("failed", time.perf_counter() - start_wall, None, error=str(err) if isinstance(err, TrainingError) else f"{type(err).__name__}: {err}")
             self.logger.close()
             raise
         if self.stop_reason is not None:
