@@ -236,13 +236,6 @@ def test_trainer_ddp_ranks_end_with_identical_parameters(ranks):
     assert_states_equal(states[0], states[1], "parameters")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer bug: without sync_bn each rank's last forward updates its BatchNorm running "
-    "statistics from its own batch (DDP broadcasts rank 0's buffers only at the *start* of a "
-    "forward) and the EMA target copies them, so rank 1's Run.method differs from rank 0's "
-    "(the checkpointed one). Fix: broadcast buffers from rank 0 after the last step of an epoch",
-)
 def test_trainer_ddp_ranks_end_with_identical_buffers(ranks):
     results = trained(ranks[1])
     states = [{k: v for k, v in res["state"].items() if is_buffer(k)} for res in results]
@@ -264,13 +257,6 @@ def test_trainer_ddp_only_rank_0_writes_files(ranks):
     assert summary["throughput_img_per_s"] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer bug: distributed.sync_bn=true on CPU converts to SyncBatchNorm and wraps in "
-    "DDP, which raises torch's 'ValueError: SyncBatchNorm layers only work with GPU modules' from "
-    "Trainer.setup; it should raise an InputError naming distributed.sync_bn and the fix "
-    "(needs CUDA; use distributed.sync_bn=false on CPU)",
-)
 def test_trainer_ddp_with_sync_bn_on_cpu_fails_fast_with_a_config_error(ranks):
     """torch refuses SyncBatchNorm on CPU; the trainer must say so as an error naming
     ``distributed.sync_bn`` on every rank (not torch's ValueError from inside DDP)."""

@@ -209,6 +209,9 @@ class Trainer:
         backbone = build_backbone_for(c, channels, height, width)
         self.method = build_method(c.method, backbone).to(self.device)
         if self.is_distributed and c.distributed.sync_bn:
+            if self.device.type != "cuda":
+                raise InputError("distributed.sync_bn=true needs CUDA: torch's SyncBatchNorm refuses CPU "
+                                 "modules; set distributed.sync_bn=false on CPU")
             self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
         self.model: nn.Module = self.method
         if self.is_distributed:
@@ -266,7 +269,15 @@ class Trainer:
             "normalization": {"mean": self.normalizer.mean, "std": self.normalizer.std},
         }
 
+    def _sync_buffers(self) -> None:
+        """Rank 0's buffers (BN running statistics, EMA target's, queues) on every rank: DDP only
+        broadcasts them at the start of a forward, so after an epoch each rank holds its own."""
+        if self.is_distributed:
+            for buffer in self.method.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
     def _save(self) -> None:
+        self._sync_buffers()
         if not self.main:
             return
         state = self._state()
