@@ -12,11 +12,7 @@ and the mean of the rank losses must equal the full-batch loss.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -153,52 +149,14 @@ def worker(out_dir: Path) -> None:
 # --------------------------------------------------------------------------- parent
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> list[dict]:
+def ranks(tmp_path_factory, launch) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("ddp")
-    port = free_port()
-    processes = []
-    for rank in range(WORLD):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE=str(WORLD),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            OMP_NUM_THREADS="1",
-            CUDA_VISIBLE_DEVICES="",
-        )
-        if sys.platform.startswith("linux"):  # loopback only: no dependence on the host's DNS
-            env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, __file__, str(out_dir)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    outputs = []
-    deadline = time.monotonic() + TIMEOUT_S + 20
-    try:
-        for process in processes:
-            outputs.append(process.communicate(timeout=max(1.0, deadline - time.monotonic())))
-    except subprocess.TimeoutExpired:
-        for process in processes:
-            process.kill()
-            process.communicate()
-        pytest.fail("distributed workers did not finish in time (killed)")
-    for rank, (process, (_, stderr)) in enumerate(zip(processes, outputs, strict=True)):
-        if process.returncode != 0:
-            pytest.fail(f"rank {rank} exited with {process.returncode}:\n{stderr[-4000:]}")
+    results = launch(__file__, [str(out_dir)], WORLD, TIMEOUT_S)
+    outputs = [(out, err) for _, out, err in results]
+    for rank, (code, _, stderr) in enumerate(results):
+        if code != 0:
+            pytest.fail(f"rank {rank} exited with {code}:\n{stderr[-4000:]}")
     assert "hello from rank 0" in outputs[0][0]
     assert "hello" not in outputs[1][0], "print0 printed on rank 1"
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]

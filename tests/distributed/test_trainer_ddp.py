@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,12 +52,6 @@ CPU_SYNC_BN_REFUSALS = (
 
 
 # --------------------------------------------------------------------------- shared pieces
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fixed_views() -> list[torch.Tensor]:
@@ -95,45 +86,6 @@ def sgd_step(model: nn.Module, method: nn.Module, views: Sequence[torch.Tensor])
     optimizer.step()
     method.after_step(0, 10)
     return {k: v.detach().clone() for k, v in method.state_dict().items()}
-
-
-def launch(out_dir: Path) -> list[tuple[int, str, str]]:
-    """Run this file as ``WORLD`` ranks; returns (returncode, stdout, stderr) per rank."""
-    port = free_port()
-    processes = []
-    for rank in range(WORLD):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE=str(WORLD),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            OMP_NUM_THREADS="1",
-            CUDA_VISIBLE_DEVICES="",
-        )
-        if sys.platform.startswith("linux"):  # loopback only: no dependence on the host's DNS
-            env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, __file__, str(out_dir)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    outputs = []
-    deadline = time.monotonic() + TIMEOUT_S + 20
-    try:
-        for process in processes:
-            outputs.append(process.communicate(timeout=max(1.0, deadline - time.monotonic())))
-    except subprocess.TimeoutExpired:
-        for process in processes:
-            process.kill()
-            process.communicate()
-        pytest.fail("distributed workers did not finish in time (killed)")
-    return [(p.returncode, out, err) for p, (out, err) in zip(processes, outputs, strict=True)]
 
 
 # --------------------------------------------------------------------------- workers (one rank)
@@ -202,9 +154,9 @@ def worker(out_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> tuple[Path, list[dict]]:
+def ranks(tmp_path_factory, launch) -> tuple[Path, list[dict]]:
     out_dir = tmp_path_factory.mktemp("trainer_ddp")
-    for rank, (code, _, stderr) in enumerate(launch(out_dir)):
+    for rank, (code, _, stderr) in enumerate(launch(__file__, [str(out_dir)], WORLD, TIMEOUT_S)):
         if code != 0:
             pytest.fail(f"rank {rank} exited with {code}:\n{stderr[-4000:]}")
     return out_dir, [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
