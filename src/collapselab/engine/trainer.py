@@ -166,6 +166,11 @@ class Trainer:
         self.is_distributed = distributed.init_from_env(backend)
         self.rank, self.world = distributed.get_rank(), distributed.get_world_size()
         self.main = self.rank == 0
+        if self.is_distributed:  # rank 0's run name everywhere (default names carry a timestamp)
+            shared = [self.run_dir.name]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            self.run_dir = self.run_dir.parent / shared[0]
+            self.checkpoint_dir = self.run_dir / "checkpoints"
         self.device = resolve_device(c.train.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
