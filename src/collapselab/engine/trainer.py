@@ -8,7 +8,6 @@ embeddings it is handed (design.md). Entry point: :func:`train` (also ``collapse
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 from torch import nn
+from tqdm import tqdm
 
 from collapselab import distributed
 from collapselab._validation import InputError
@@ -31,13 +31,13 @@ from collapselab.data.augment import channel_stats, normalize, to_float_images
 from collapselab.diagnostics import CollapseMonitor
 from collapselab.diagnostics.monitor import Alarm
 from collapselab.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from collapselab.engine.logging import RunLogger, format_epoch_line, progress_bar
+from collapselab.engine.logging import RunLogger, format_epoch_line, progress_bar, read_metrics
 from collapselab.engine.optim import build_optimizer
 from collapselab.engine.schedules import warmup_cosine
 from collapselab.evaluation.features import extract_features
 from collapselab.evaluation.knn import knn_accuracy
 from collapselab.methods import SSLMethod, build_method, method_class
-from collapselab.models import build_backbone
+from collapselab.models import backbone_arguments, build_backbone
 
 LAST = "last.pt"
 
@@ -95,11 +95,8 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
 
 def build_backbone_for(config: Config, channels: int, height: int, width: int) -> nn.Module:
     """The configured backbone, told the input channels (or flattened size for MLPs)."""
-    from collapselab.models.backbones import _REGISTRY
-
     kwargs = dict(config.model.backbone_args)
-    factory = _REGISTRY.get(config.model.backbone)
-    params = inspect.signature(factory).parameters if factory is not None else {}
+    params = backbone_arguments(config.model.backbone)
     if "in_channels" in params:
         kwargs.setdefault("in_channels", channels)
     elif "input_dim" in params:
@@ -133,17 +130,12 @@ def _restore_rng(state: Mapping[str, torch.Tensor], generator: torch.Generator) 
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _nonfinite_terms(scalars: Mapping[str, Any]) -> list[str]:
-    bad = []
-    for key, value in scalars.items():
-        v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-        if not math.isfinite(v):
-            bad.append(f"{key}={v}")
-    return bad
-
-
 def _float(value: Any) -> float:
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _nonfinite_terms(scalars: Mapping[str, Any]) -> list[str]:
+    return [f"{key}={_float(value)}" for key, value in scalars.items() if not math.isfinite(_float(value))]
 
 
 # --------------------------------------------------------------------------- trainer
@@ -357,8 +349,6 @@ class Trainer:
 
     def _write(self, text: str) -> None:
         if self.main:
-            from tqdm import tqdm
-
             tqdm.write(text)
 
     def _step(self, images: torch.Tensor) -> dict[str, float]:
@@ -426,8 +416,6 @@ class Trainer:
         final = self.final_evaluation() if c.eval.final and self.main else {}
         summary = self._write_summary(status, time.perf_counter() - start_wall, final)
         self.logger.close()
-        from collapselab.engine.logging import read_metrics
-
         history = read_metrics(self.run_dir / "metrics.jsonl") if self.main else []
         if self.is_distributed:
             distributed.barrier()

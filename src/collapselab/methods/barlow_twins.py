@@ -44,7 +44,7 @@ class BarlowTwins(SSLMethod):
         v1, v2 = self.two_views(views, "barlow_twins")
         o1, o2 = self.embed(v1), self.embed(v2)
         loss, terms = barlow_twins(o1["emb"], o2["emb"], self.config.lambda_offdiag, return_terms=True)  # type: ignore[attr-defined, misc]
-        return MethodOutput(loss, {k: v.detach() for k, v in o1.items()}, dict(terms))
+        return MethodOutput(loss, o1, dict(terms))
 
     def collapse_hints(self) -> list[str]:
         hints = super().collapse_hints()

@@ -110,6 +110,9 @@ class MethodOutput:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     scalars: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.tensors = {name: t.detach() for name, t in self.tensors.items()}
+
 
 class EMATarget(nn.Module):
     """A target network that follows an online network by exponential moving average.

@@ -49,5 +49,4 @@ class BYOL(SiameseMethod):
         d12 = negative_cosine(online[0]["pred"], targets[1], stop_gradient=stop)
         d21 = negative_cosine(online[1]["pred"], targets[0], stop_gradient=stop)
         loss = (2 + 2 * d12) + (2 + 2 * d21)
-        first = {k: v.detach() for k, v in online[0].items()}
-        return MethodOutput(loss, first, {"cosine": -(d12 + d21).detach() / 2})
+        return MethodOutput(loss, online[0], {"cosine": -(d12 + d21).detach() / 2})

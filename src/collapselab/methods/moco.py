@@ -75,8 +75,7 @@ class MoCo(SiameseMethod):
             self.queue.enqueue(torch.cat([keys[1], keys[0]]))
         else:
             self.queue.enqueue(keys[1])
-        first = {k: v.detach() for k, v in online[0].items()}
-        return MethodOutput(loss, first, {})
+        return MethodOutput(loss, online[0], {})
 
     def collapse_hints(self) -> list[str]:
         hints = super().collapse_hints()

@@ -44,4 +44,4 @@ class SimCLR(SSLMethod):
         v1, v2 = self.two_views(views, "simclr")
         o1, o2 = self.embed(v1), self.embed(v2)
         loss = nt_xent(o1["emb"], o2["emb"], temperature=self.config.temperature)  # type: ignore[attr-defined]
-        return MethodOutput(loss, {k: v.detach() for k, v in o1.items()}, {})
+        return MethodOutput(loss, o1, {})

@@ -47,5 +47,4 @@ class SimSiam(SiameseMethod):
         loss = symmetric_negative_cosine(
             online[0]["pred"], online[1]["pred"], targets[0], targets[1], stop_gradient=self.config.stop_gradient
         )
-        first = {k: v.detach() for k, v in online[0].items()}
-        return MethodOutput(loss, first, {"cosine": -loss.detach()})
+        return MethodOutput(loss, online[0], {"cosine": -loss.detach()})

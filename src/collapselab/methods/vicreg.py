@@ -51,7 +51,7 @@ class VICReg(SSLMethod):
         loss, terms = vicreg(
             o1["emb"], o2["emb"], c.invariance_weight, c.variance_weight, c.covariance_weight, return_terms=True
         )  # type: ignore[misc]
-        return MethodOutput(loss, {k: v.detach() for k, v in o1.items()}, dict(terms))
+        return MethodOutput(loss, o1, dict(terms))
 
     def collapse_hints(self) -> list[str]:
         hints = super().collapse_hints()

@@ -431,6 +431,13 @@ def available_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def backbone_arguments(name: str) -> set[str]:
+    """Keyword arguments a registered backbone's factory accepts (empty for unknown names and
+    ``torchvision:``/``timm:`` adapters), e.g. to tell it ``in_channels`` or ``input_dim``."""
+    factory = _REGISTRY.get(name)
+    return set(inspect.signature(factory).parameters) if factory is not None else set()
+
+
 def build_backbone(name: str, **kwargs: object) -> nn.Module:
     """Build a backbone by name: a registered one (``"resnet18"``, ``"small_cnn"``, ...) or an
     adapter (``"torchvision:resnet18"``, ``"timm:vit_small_patch16_224"``).
@@ -484,6 +491,7 @@ __all__ = [
     "ResNet",
     "SmallCNN",
     "available_backbones",
+    "backbone_arguments",
     "build_backbone",
     "register_backbone",
     "resnet18",
