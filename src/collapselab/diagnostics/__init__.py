@@ -4,7 +4,12 @@ Every function takes an (N, D) tensor or ndarray (rows = samples) and computes i
 Formulas and sources: docs/diagnostics.md and each function's docstring.
 """
 
-from collapselab.diagnostics.clusters import code_usage, intracluster_spread, kmeans_assignments
+from collapselab.diagnostics.clusters import (
+    code_geometry,
+    code_usage,
+    intracluster_spread,
+    kmeans_assignments,
+)
 from collapselab.diagnostics.geometry import (
     alignment,
     collapse_level,
@@ -42,6 +47,7 @@ __all__ = [
     "StreamingCovariance",
     "alignment",
     "alpha_req",
+    "code_geometry",
     "code_usage",
     "collapse_level",
     "components_for_90_percent",

@@ -169,3 +169,50 @@ def intracluster_spread(
         "intracluster_min_ratio": min_ratio,
         "n_clusters": float(k),
     }
+
+
+def code_geometry(h: ArrayLike, codes: ArrayLike) -> dict[str, float]:
+    """FALCON's collapse guarantees as numbers (Sansone, Lebailly & Tuytelaars, ICML 2025):
+    decorrelated features (HᵀH → I) and block-diagonal HHᵀ with balanced blocks of size n/c.
+
+    ``h`` (n, f) projector outputs, ``codes`` (n, c) probabilities or (n,) assignments.
+
+    - ``decorrelation_offdiag`` = mean_{i≠j} C_ij² with C the (f × f) correlation matrix of the
+      columns of h (each standardised over the batch); 0 when decorrelated, 1 when all columns are
+      equal up to sign. Computed from the n × n Gram matrix (‖ZᵀZ‖_F = ‖ZZᵀ‖_F). For independent
+      columns and n samples its expected value is ≈ 1/n (``decorrelation_floor``); with f > n the
+      columns cannot all be decorrelated, so read it against that floor.
+    - Block structure of HHᵀ, blocks = argmax codes: ``block_within_cosine`` (mean cosine of pairs
+      sharing a code, self-pairs excluded; NaN if no code holds 2 samples) and
+      ``block_between_cosine`` (pairs in different codes).
+    - Block sizes: ``block_size_max_ratio`` = largest block / (n/c) (1 = perfectly balanced over
+      all c codes), ``block_size_cv`` = std/mean of the sizes over the c codes (0 = balanced).
+    """
+    x = as_float64_matrix(h, "h", min_samples=2)
+    _, assign, c = _as_codes(codes, None)
+    n = x.shape[0]
+    if assign.shape[0] != n:
+        raise InputError(f"codes: expected {n} rows (one per row of h), got {assign.shape[0]}")
+    z = x - x.mean(dim=0)
+    std = z.pow(2).mean(dim=0).sqrt()
+    z = z[:, std > 0] / std[std > 0]
+    k = z.shape[1]
+    if k >= 2:
+        gram = z @ z.T / n  # ‖C‖_F² = ‖ZᵀZ/n‖_F² = ‖ZZᵀ/n‖_F²; diag(C) = 1
+        offdiag = float(((gram.pow(2).sum() - k) / (k * (k - 1))).clamp(min=0.0))
+    else:
+        offdiag = math.nan
+    unit = x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    cos = unit @ unit.T
+    same = assign[:, None] == assign[None, :]
+    eye = torch.eye(n, dtype=torch.bool)
+    within, between = same & ~eye, ~same
+    sizes = torch.bincount(assign, minlength=c).double()
+    return {
+        "decorrelation_offdiag": offdiag,
+        "decorrelation_floor": 1.0 / n,
+        "block_within_cosine": float(cos[within].mean()) if within.any() else math.nan,
+        "block_between_cosine": float(cos[between].mean()) if between.any() else math.nan,
+        "block_size_max_ratio": float(sizes.max() / (n / c)),
+        "block_size_cv": float(sizes.std(unbiased=False) / sizes.mean()),
+    }

@@ -229,6 +229,8 @@ class Trainer:
         probe_n = min(c.monitor.probe_size, n_train)
         probe_idx = torch.randperm(n_train, generator=probe_g)[:probe_n].to(self.device)
         self.probe_images = self.train_set.images[probe_idx]
+        self.probe_labels = self.train_set.labels[probe_idx.to(self.train_set.labels.device)]
+        self.last_probe: dict[str, torch.Tensor] = {}
         self.monitor = CollapseMonitor(
             every=max(c.monitor.every, 1),
             warmup_steps=round(c.monitor.warmup_epochs * self.steps_per_epoch),
@@ -303,11 +305,15 @@ class Trainer:
             out = self.method.embed(self.normalizer(self.probe_images))
         finally:
             self.method.train(was_training)
+        self.last_probe = out
         wanted = self.config.monitor.embeddings
         missing = [k for k in wanted if k not in out]
         if missing:
             raise InputError(f"monitor.embeddings: {missing} not produced by {self.method.name} (has {sorted(out)})")
-        return {k: out[k].float() for k in wanted}
+        named = {k: out[k].float() for k in wanted}
+        if "codes" in out:  # code-producing methods: cluster-collapse verdicts from code usage
+            named["codes"] = out["codes"].float()
+        return named
 
     def check_collapse(self) -> list[Alarm]:
         if not self.config.monitor.enabled:
@@ -315,7 +321,9 @@ class Trainer:
         if not self.main:
             self._sync_stop()
             return []
-        alarms = self.monitor.update(self.global_step, self.probe_embeddings())
+        probe = self.probe_embeddings()
+        codes = probe.pop("codes", None)
+        alarms = self.monitor.update(self.global_step, probe, codes=codes)
         for alarm in alarms:
             hint = f"\n    hint: {'; '.join(self.hints)}" if self.hints else ""
             self._write(f"ALARM {alarm}{hint}")
@@ -460,6 +468,8 @@ class Trainer:
         }
         if c.eval.knn_every and self.epoch % c.eval.knn_every == 0:
             epoch_metrics.update(self.online_knn())
+        if self.main and self.last_probe:
+            epoch_metrics.update(self.method.probe_metrics(self.last_probe, self.probe_labels))
         for name in ("emb", "repr"):
             if name in self.monitor.latest:
                 d = self.monitor.latest[name]

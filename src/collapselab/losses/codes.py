@@ -148,8 +148,41 @@ def falcon(
         temperature = falcon_temperature(f, c, n_global, eps)
     temperature = check_positive(temperature, "temperature")
     w = dictionary.detach().to(h1.dtype)
-    log_q1 = F.log_softmax(h1 @ w / temperature, dim=1)
-    log_q2 = F.log_softmax(h2 @ w / temperature, dim=1)
+    return falcon_from_logits(
+        h1 @ w / temperature, h2 @ w / temperature, beta, prior_kl, return_terms=return_terms
+    )
+
+
+@semantics("all_reduce")
+def falcon_from_logits(
+    logits1: torch.Tensor,
+    logits2: torch.Tensor,
+    beta: float = 1.0,
+    prior_kl: Literal["reverse", "forward"] = "reverse",
+    *,
+    return_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, Terms]:
+    """The FALCON loss of :func:`falcon` from the code logits hW/τ of the two views, (n, c) each.
+
+    For dictionaries too large to hold densely (the method computes hW blockwise from packed
+    bits, :class:`collapselab.models.RademacherDictionary`). Same formula, defaults and
+    distributed semantics (p̄ all-reduced over ranks) as :func:`falcon`.
+    """
+    if prior_kl not in ("reverse", "forward"):
+        raise InputError(f"falcon: prior_kl must be 'reverse' or 'forward', got {prior_kl!r}")
+    if not (isinstance(beta, int | float) and math.isfinite(beta) and beta >= 0):
+        raise InputError(f"falcon: beta must be a finite number ≥ 0, got {beta!r}")
+    logits1 = check_tensor(logits1, "logits1")
+    logits2 = check_tensor(logits2, "logits2")
+    if logits1.ndim != 2 or logits1.shape != logits2.shape or logits1.shape[1] < 2:
+        raise InputError(
+            f"falcon: logits must be two (n, c) tensors of equal shape with c >= 2, got "
+            f"{tuple(logits1.shape)} and {tuple(logits2.shape)}"
+        )
+    c = logits1.shape[1]
+    n_global = distributed.global_batch_size(logits1.shape[0], logits1.device)
+    log_q1 = F.log_softmax(logits1, dim=1)
+    log_q2 = F.log_softmax(logits2, dim=1)
 
     def prior(log_p: torch.Tensor) -> torch.Tensor:
         log_marginal = _global_log_marginal(log_p, n_global)

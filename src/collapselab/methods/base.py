@@ -193,6 +193,14 @@ class SSLMethod(nn.Module):
         """Called after every optimiser step (EMA updates); returns scalars to log."""
         return {}
 
+    def probe_metrics(self, probe: dict[str, torch.Tensor], labels: torch.Tensor | None) -> dict[str, float]:
+        """Method-specific numbers on the monitor's probe batch (eval mode), logged each epoch.
+
+        ``probe`` is :meth:`embed` of the un-augmented probe images; ``labels`` their classes
+        (or None). Default: nothing.
+        """
+        return {}
+
     def collapse_hints(self) -> list[str]:
         """Config settings known to invite collapse, as hints for the monitor's alarms."""
         hints = []

@@ -28,6 +28,7 @@ from collapselab.models.backbones import (
     timm_backbone,
     torchvision_backbone,
 )
+from collapselab.models.dictionary import RademacherDictionary
 from collapselab.models.heads import (
     FALCONProjector,
     LinearPredictor,
@@ -57,6 +58,7 @@ __all__ = [
     "MLPBackbone",
     "MLPHead",
     "Prototypes",
+    "RademacherDictionary",
     "ResNet",
     "SmallCNN",
     "ViTPredictor",
