@@ -226,7 +226,9 @@ def test_config_round_trips_through_dict_and_yaml(method: str, tmp_path: Path) -
 
 
 def test_every_method_is_covered_by_the_round_trip() -> None:
-    assert set(available_methods()) == {"simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg"}
+    assert set(available_methods()) == {
+        "simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "falcon", "directpred", "composite"
+    }
 
 
 def test_saved_run_config_reloads_to_the_same_config(tmp_path: Path) -> None:

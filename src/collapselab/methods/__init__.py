@@ -24,6 +24,9 @@ from collapselab.methods.base import (
     register_method,
 )
 from collapselab.methods.byol import BYOL, BYOLConfig
+from collapselab.methods.composite import Composite, CompositeConfig
+from collapselab.methods.directpred import DirectPred, DirectPredConfig
+from collapselab.methods.falcon import FALCON, FALCONConfig
 from collapselab.methods.moco import MoCo, MoCoConfig
 from collapselab.methods.simclr import SimCLR, SimCLRConfig
 from collapselab.methods.simsiam import SimSiam, SimSiamConfig
@@ -31,12 +34,18 @@ from collapselab.methods.vicreg import VICReg, VICRegConfig
 
 __all__ = [
     "BYOL",
+    "FALCON",
     "METHODS",
     "PREDICTORS",
     "BYOLConfig",
     "BarlowTwins",
     "BarlowTwinsConfig",
+    "Composite",
+    "CompositeConfig",
+    "DirectPred",
+    "DirectPredConfig",
     "EMATarget",
+    "FALCONConfig",
     "MethodConfig",
     "MethodOutput",
     "MoCo",
