@@ -80,6 +80,13 @@ def _global_log_marginal(log_p: torch.Tensor, n_global: int) -> torch.Tensor:
     return torch.logsumexp(distributed.gather(local), dim=0) - math.log(n_global)
 
 
+def _check_falcon_settings(beta: float, prior_kl: str) -> None:
+    if prior_kl not in ("reverse", "forward"):
+        raise InputError(f"falcon: prior_kl must be 'reverse' or 'forward', got {prior_kl!r}")
+    if not (isinstance(beta, int | float) and math.isfinite(beta) and beta >= 0):
+        raise InputError(f"falcon: beta must be a finite number ≥ 0, got {beta!r}")
+
+
 @semantics("all_reduce")
 def falcon(
     h1: torch.Tensor,
@@ -124,10 +131,7 @@ def falcon(
     official code uses the per-GPU marginal); N in τ is the global batch, so W ranks of batch n
     reproduce one process with batch W·n. The cross-entropy is a local mean.
     """
-    if prior_kl not in ("reverse", "forward"):
-        raise InputError(f"falcon: prior_kl must be 'reverse' or 'forward', got {prior_kl!r}")
-    if not (isinstance(beta, int | float) and math.isfinite(beta) and beta >= 0):
-        raise InputError(f"falcon: beta must be a finite number ≥ 0, got {beta!r}")
+    _check_falcon_settings(beta, prior_kl)
     h1 = check_tensor(h1, "h1")
     h2 = check_tensor(h2, "h2")
     if h1.shape != h2.shape:
@@ -168,10 +172,7 @@ def falcon_from_logits(
     bits, :class:`collapselab.models.RademacherDictionary`). Same formula, defaults and
     distributed semantics (p̄ all-reduced over ranks) as :func:`falcon`.
     """
-    if prior_kl not in ("reverse", "forward"):
-        raise InputError(f"falcon: prior_kl must be 'reverse' or 'forward', got {prior_kl!r}")
-    if not (isinstance(beta, int | float) and math.isfinite(beta) and beta >= 0):
-        raise InputError(f"falcon: beta must be a finite number ≥ 0, got {beta!r}")
+    _check_falcon_settings(beta, prior_kl)
     logits1 = check_tensor(logits1, "logits1")
     logits2 = check_tensor(logits2, "logits2")
     if logits1.ndim != 2 or logits1.shape != logits2.shape or logits1.shape[1] < 2:
