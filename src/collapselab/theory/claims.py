@@ -20,7 +20,9 @@ Add a claim (e.g. a training-level one in a later module) with the decorator::
         bound = 10.0 if counterfactual else 2.0
         return [Comparison("stable rank after 5 epochs", bound, measured, relation="<")]
 
-``collapselab verify`` runs every registered claim and exits non-zero if one fails.
+``collapselab verify`` runs every registered claim of kind ``"theory"`` and exits non-zero if
+one fails; claims registered with ``kind="training"`` (:mod:`collapselab.theory.training_claims`,
+which train models) run with ``collapselab verify --training``.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class ClaimResult:
     seconds: float
     counterfactual: bool = False
     error: str | None = None
+    kind: str = "theory"
 
     @property
     def passed(self) -> bool:
@@ -95,6 +98,7 @@ class ClaimResult:
     def to_dict(self) -> dict:
         return {
             "id": self.claim_id,
+            "kind": self.kind,
             "source": self.source,
             "statement": self.statement,
             "passed": self.passed,
@@ -115,6 +119,8 @@ class Claim:
     check: Callable[[bool], list[Comparison]] = field(repr=False)
     counterfactual: str = ""
     slow: bool = False
+    # "theory" (fast, numerical) or "training" (trains models; ``collapselab verify --training``)
+    kind: str = "theory"
 
     def run(self, counterfactual: bool = False) -> ClaimResult:
         """Run the check; exceptions become a failed result carrying the error message."""
@@ -132,6 +138,7 @@ class Claim:
             time.perf_counter() - start,
             counterfactual,
             error,
+            self.kind,
         )
 
 
@@ -156,19 +163,27 @@ def unregister_claim(claim_id: str) -> Claim:
     return _REGISTRY.pop(claim_id)
 
 
-def claim(id: str, *, source: str, statement: str, counterfactual: str, slow: bool = False):
+def claim(
+    id: str,
+    *,
+    source: str,
+    statement: str,
+    counterfactual: str,
+    slow: bool = False,
+    kind: str = "theory",
+):
     """Decorator form of :func:`register_claim` for a check function."""
 
     def wrap(fn: Callable[[bool], list[Comparison]]) -> Callable[[bool], list[Comparison]]:
-        register_claim(Claim(id, source, statement, fn, counterfactual, slow))
+        register_claim(Claim(id, source, statement, fn, counterfactual, slow, kind))
         return fn
 
     return wrap
 
 
-def all_claims() -> list[Claim]:
-    """Registered claims in registration order."""
-    return list(_REGISTRY.values())
+def all_claims(kind: str | None = None) -> list[Claim]:
+    """Registered claims in registration order (only those of ``kind`` when given)."""
+    return [c for c in _REGISTRY.values() if kind is None or c.kind == kind]
 
 
 def get_claim(claim_id: str) -> Claim:
@@ -185,10 +200,15 @@ def get_claim(claim_id: str) -> Claim:
 
 
 def verify(
-    ids: Iterable[str] | None = None, *, counterfactual: bool = False, include_slow: bool = True
+    ids: Iterable[str] | None = None,
+    *,
+    counterfactual: bool = False,
+    include_slow: bool = True,
+    kind: str | None = "theory",
 ) -> list[ClaimResult]:
-    """Run the given claims (default: all registered) and return their results."""
-    chosen = [get_claim(i) for i in ids] if ids is not None else all_claims()
+    """Run the given claims (default: every registered claim of ``kind``; ``kind=None``: all
+    kinds) and return their results. Named ``ids`` run whatever their kind."""
+    chosen = [get_claim(i) for i in ids] if ids is not None else all_claims(kind)
     return [c.run(counterfactual) for c in chosen if include_slow or ids is not None or not c.slow]
 
 
@@ -197,7 +217,8 @@ def format_table(results: list[ClaimResult]) -> str:
     lines = []
     for res in results:
         status = "PASS" if res.passed else "FAIL"
-        lines.append(f"[{status}] {res.claim_id}  ({res.seconds:.2f} s)  — {res.source}")
+        tag = f" [{res.kind}]" if res.kind != "theory" else ""
+        lines.append(f"[{status}] {res.claim_id}{tag}  ({res.seconds:.2f} s)  — {res.source}")
         lines.append(f"       {res.statement}")
         if res.error:
             lines.append(f"       error: {res.error}")
