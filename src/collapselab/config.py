@@ -45,7 +45,10 @@ class DataConfig:
     ``augment``: a recipe name (simclr | byol | multicrop) or a dict for ``build_augment``; null
     = the method's default recipe. ``normalize``: standardise views with the training split's
     per-channel mean and std. ``knn_split``: held-out split for the online kNN (null = none; the
-    final evaluation always scores the ``test`` split, as :func:`collapselab.evaluate`)."""
+    final evaluation always scores the ``test`` split, as :func:`collapselab.evaluate`).
+    ``augment_backend``: ``auto`` (the fused native C kernel for CPU batches when a C compiler is
+    available, else torch ops), ``torch`` or ``native``; the views are the same either way
+    (:mod:`collapselab.data.native`)."""
 
     dataset: str = DEFAULT_DATASET
     data_dir: str | None = None
@@ -54,6 +57,7 @@ class DataConfig:
     augment: Any = None
     normalize: bool = True
     knn_split: str | None = "test"
+    augment_backend: str = "auto"
 
 
 @dataclass

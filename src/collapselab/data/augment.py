@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from collapselab._validation import InputError
+from collapselab.data import native as _native
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
@@ -530,14 +531,40 @@ def apply_view(images: torch.Tensor, params: Mapping[str, torch.Tensor], config:
     return x
 
 
+BACKENDS = ("auto", "torch", "native")
+
+
+def use_native(backend: str, images: torch.Tensor) -> bool:
+    """Whether ``backend`` makes views of ``images`` with the native kernel
+    (:mod:`collapselab.data.native`): ``"native"`` always (CPU tensors only; an error if the
+    kernel cannot be built), ``"auto"`` for CPU tensors when the kernel is available, ``"torch"``
+    never."""
+    if backend not in BACKENDS:
+        close = difflib.get_close_matches(str(backend), BACKENDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise InputError(f"augment: unknown backend {backend!r}{hint} Known: {', '.join(BACKENDS)}")
+    if backend == "torch" or not isinstance(images, torch.Tensor):
+        return False
+    on_cpu = images.device.type == "cpu"
+    if backend == "native":
+        if not on_cpu:
+            raise InputError(f"augment: backend 'native' runs on the CPU, but the images are on {images.device}; "
+                             "use backend 'auto' or 'torch'")
+        return True
+    return on_cpu and _native.available()
+
+
 def augment_view(images: torch.Tensor, config: ViewConfig | None = None,
                  generator: torch.Generator | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> torch.Tensor:
+                 std: Sequence[float] | None = None, backend: str = "auto") -> torch.Tensor:
     """Draw parameters and make one view of a batch (see :func:`apply_view`)."""
     config = config or ViewConfig()
+    native = use_native(backend, images)
     x = to_float_images(images)
     _check_generator(generator, x.device)
     params = sample_view_params(x.shape[0], x.shape[2], x.shape[3], config, generator, x.device)
+    if native:
+        return _native.apply_view_native(images, params, config, mean, std)
     return apply_view(x, params, config, mean, std)
 
 
@@ -559,25 +586,35 @@ class MultiViewAugment:
     """A recipe: calling it on a batch returns the list of views, group by group.
 
     ``mean``/``std`` (per channel, on the [0, 1] scale) normalise every view; None skips it.
+    ``backend``: ``"auto"`` (the fused native kernel for CPU batches when it is available, else
+    the torch ops), ``"torch"`` or ``"native"`` (see :func:`use_native`). Both compute the same
+    views from the same random draws.
     """
 
     name: str
     groups: list[ViewGroup]
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    backend: str = "auto"
 
     @property
     def num_views(self) -> int:
         return sum(g.count for g in self.groups)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        x = to_float_images(images)
+        native = use_native(self.backend, images)
+        x = images if native else to_float_images(images)
+        if native:
+            to_float_images(images[:0])  # the same input checks, on an empty slice
         _check_generator(generator, x.device)
         views = []
         for group in self.groups:
             for _ in range(group.count):
                 params = sample_view_params(x.shape[0], x.shape[2], x.shape[3], group.config, generator, x.device)
-                views.append(apply_view(x, params, group.config, self.mean, self.std))
+                if native:
+                    views.append(_native.apply_view_native(x, params, group.config, self.mean, self.std))
+                else:
+                    views.append(apply_view(x, params, group.config, self.mean, self.std))
         return views
 
 
@@ -614,6 +651,7 @@ def build_augment(config: str | Mapping[str, Any] | None = "simclr", **overrides
     Dict form::
 
         recipe: byol            # simclr | byol | multicrop | custom (start from no groups)
+        backend: auto           # auto | torch | native (see MultiViewAugment)
         size: 32                # any ViewConfig field here applies to every group
         mean: [0.49, 0.48, 0.45]
         std: [0.25, 0.24, 0.26]
@@ -632,6 +670,8 @@ def build_augment(config: str | Mapping[str, Any] | None = "simclr", **overrides
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise InputError(f"augment: unknown recipe {recipe!r}{hint} Known: {', '.join(RECIPES)}, custom")
     mean, std = cfg.pop("mean", None), cfg.pop("std", None)
+    backend = str(cfg.pop("backend", None) or "auto")
+    use_native(backend, torch.empty(0))  # validates the name
     if (mean is None) != (std is None):
         raise InputError("augment: give both mean and std (per channel) or neither")
     view_overrides = cfg.pop("views", None) or {}
@@ -640,7 +680,8 @@ def build_augment(config: str | Mapping[str, Any] | None = "simclr", **overrides
     common = _as_pairs(cfg)
     for key in common:
         if key not in _VIEW_FIELDS:
-            raise _unknown_key(key, [*_VIEW_FIELDS, "recipe", "mean", "std", "views"], "the augment settings")
+            raise _unknown_key(key, [*_VIEW_FIELDS, "recipe", "mean", "std", "views", "backend"],
+                               "the augment settings")
     base = dict(RECIPES.get(recipe, {}))
     names = list(base) + [n for n in view_overrides if n not in base]
     groups = []
@@ -657,13 +698,13 @@ def build_augment(config: str | Mapping[str, Any] | None = "simclr", **overrides
         raise InputError(f"augment: recipe {recipe!r} makes no views; add groups under 'views'")
     return MultiViewAugment(str(recipe), groups,
                             tuple(float(m) for m in mean) if mean is not None else None,
-                            tuple(float(s) for s in std) if std is not None else None)
+                            tuple(float(s) for s in std) if std is not None else None, backend)
 
 
 __all__ = [
-    "JITTER_OPS", "LUMA_WEIGHTS", "RECIPES", "MultiViewAugment", "ViewConfig", "ViewGroup",
+    "BACKENDS", "JITTER_OPS", "LUMA_WEIGHTS", "RECIPES", "MultiViewAugment", "ViewConfig", "ViewGroup",
     "adjust_brightness", "adjust_contrast", "adjust_hue", "adjust_saturation", "apply_view",
     "augment_view", "build_augment", "channel_stats", "color_jitter", "gaussian_blur",
     "gaussian_kernels", "hflip", "normalize", "resized_crop", "rgb_to_grayscale",
-    "sample_crop_boxes", "sample_view_params", "solarize", "to_float_images",
+    "sample_crop_boxes", "sample_view_params", "solarize", "to_float_images", "use_native",
 ]

@@ -191,6 +191,7 @@ class Trainer:
         augment_cfg = dict(recipe) if isinstance(recipe, Mapping) else {"recipe": recipe}
         if augment_cfg.get("recipe") is None and augment_cfg.get("name") is None:
             augment_cfg["recipe"] = method_class(c.method.name).default_augment
+        augment_cfg.setdefault("backend", c.data.augment_backend)
         if c.data.normalize and "mean" not in augment_cfg:
             augment_cfg["mean"], augment_cfg["std"] = mean, std
         self.augment = build_augment(augment_cfg)
