@@ -3,7 +3,10 @@
 Measures images per second (one image = its two augmented views, normalised float tensors)
 for 32x32 RGB batches of 512 on the CPU:
 
-* ``collapselab``: ``build_augment("simclr")`` on a uint8 batch (whole-batch tensor ops);
+* ``collapselab native``: ``build_augment("simclr", backend="native")`` on a uint8 batch (the
+  fused C kernel of ``collapselab.data.native``, on torch's intra-op threads);
+* ``collapselab torch``: the same recipe with ``backend="torch"`` (whole-batch tensor ops; the
+  path a GPU runs);
 * ``per-image PIL``: a torchvision-style per-image pipeline written here with PIL + NumPy
   (RandomResizedCrop, flip, ColorJitter in random order, RandomGrayscale, ToTensor, Normalize),
   run through ``torch.utils.data.DataLoader`` with ``--workers`` worker processes;
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from collapselab.data import native
 from collapselab.data.augment import build_augment
 
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -102,15 +106,15 @@ def bench_pil(images: np.ndarray, batch: int, batches: int, workers: int) -> flo
     return batches * batch / (time.perf_counter() - start)
 
 
-def bench_ours(images: torch.Tensor, batch: int, batches: int) -> float:
-    aug = build_augment("simclr", mean=list(MEAN), std=list(STD))
+def bench_ours(images: torch.Tensor, batch: int, batches: int, backend: str) -> float:
+    aug = build_augment("simclr", mean=list(MEAN), std=list(STD), backend=backend)
     gen = torch.Generator().manual_seed(0)
     n = images.shape[0]
-    aug(images[:batch], gen)  # warm-up
+    aug(images[:batch], gen)  # warm-up (and, for native, the one-off compile)
     start = time.perf_counter()
     for _ in range(batches):
         idx = torch.randint(0, n, (batch,), generator=gen)
-        aug(images[idx], gen)
+        aug(images.index_select(0, idx), gen)  # as DeviceLoader draws a batch
     return batches * batch / (time.perf_counter() - start)
 
 
@@ -141,24 +145,31 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the per-image pipeline")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for ours (default: torch's)")
-    parser.add_argument("--images", type=int, default=10000, help="size of the random uint8 dataset")
+    parser.add_argument("--images", type=int, default=10000,
+                        help="size of the random uint8 dataset (raised to --batches + 1 batches)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(args.images, 32, 32, 3), dtype=np.uint8)
+    n_images = max(args.images, (args.batches + 1) * args.batch)  # one DataLoader epoch suffices
+    images = rng.integers(0, 256, size=(n_images, 32, 32, 3), dtype=np.uint8)
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    ours = bench_ours(tensor, args.batch, args.batches)
+    have_native = native.available()
+    ours = bench_ours(tensor, args.batch, args.batches, "native") if have_native else None
+    ours_torch = bench_ours(tensor, args.batch, args.batches, "torch")
     pil = bench_pil(images, args.batch, args.batches, args.workers)
     kor = bench_kornia(tensor, args.batch, args.batches)
     print(f"two-view SimCLR, 32x32 RGB, batch {args.batch}, {args.batches} batches, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"collapselab (batched)       : {ours:10.0f} images/s")
-    print(f"per-image PIL ({args.workers} workers)   : {pil:10.0f} images/s")
-    print("kornia                      : " + (f"{kor:10.0f} images/s" if kor else "not installed (skipped)"))
-    print(f"ratio collapselab / per-image PIL: {ours / pil:.2f}x")
+          f"torch threads {torch.get_num_threads()}, native OpenMP {native.uses_openmp()}")
+    print("collapselab native (fused C) : " + (f"{ours:10.0f} images/s" if ours else "unavailable (no C compiler)"))
+    print(f"collapselab torch ops        : {ours_torch:10.0f} images/s")
+    print(f"per-image PIL ({args.workers} workers)    : {pil:10.0f} images/s")
+    print("kornia                       : " + (f"{kor:10.0f} images/s" if kor else "not installed (skipped)"))
+    if ours:
+        print(f"ratio native / per-image PIL: {ours / pil:.2f}x")
+    print(f"ratio torch  / per-image PIL: {ours_torch / pil:.2f}x")
     if kor:
-        print(f"ratio collapselab / kornia       : {ours / kor:.2f}x")
+        print(f"ratio native / kornia       : {(ours or ours_torch) / kor:.2f}x")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,16 @@ def build(force: bool = False) -> Path:
         path = _library_path(cc, flags)
         if path.exists() and not force:
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            if os.environ.get(ENV_CACHE):
+                raise
+            # an unwritable home: a per-user folder in the temporary directory instead
+            path = Path(tempfile.gettempdir()) / f"collapselab-{os.getuid() if hasattr(os, 'getuid') else 'user'}" / path.name
+            if path.exists() and not force:
+                return path
+            path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
