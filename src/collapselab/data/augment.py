@@ -457,6 +457,24 @@ def _hue_(x: torch.Tensor, sigma: torch.Tensor) -> None:
 
 
 
+def jitter_active(config: ViewConfig, channels: int) -> list[bool]:
+    """Which of ``JITTER_OPS`` act: strength > 0, and saturation/hue only on 3 channels."""
+    return [float(getattr(config, op)) > 0 and not (op in ("saturation", "hue") and channels == 1)
+            for op in JITTER_OPS]
+
+
+def jitter_coefficients(params: Mapping[str, torch.Tensor],
+                        active: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, 4) per image and slot: the affine form's (f, a, c) of :func:`color_jitter`,
+    ``clamp(f·x + a·gray(x) + c·mean(gray(x)))``. The identity (1, 0, 0) where the slot holds
+    hue or an op that is off (saturation of a 1-channel image)."""
+    order = params["order"]
+    one = torch.ones_like(params["brightness"])
+    sat = params["saturation"] if active[2] else one
+    f = torch.stack([params["brightness"], params["contrast"], sat, one], dim=1).gather(1, order)
+    return f, (1 - f) * (order == 2), (1 - f) * (order == 1)
+
+
 def color_jitter(x: torch.Tensor, params: Mapping[str, torch.Tensor], config: ViewConfig,
                  inplace: bool = False) -> torch.Tensor:
     """Apply brightness/contrast/saturation/hue to the images with ``params["jitter"]`` set, each
@@ -471,23 +489,16 @@ def color_jitter(x: torch.Tensor, params: Mapping[str, torch.Tensor], config: Vi
     orders; the batch is scattered back at the end. ``inplace=True`` writes the result into
     ``x`` (which must not be needed afterwards). Strength 0 draws the factor 1, the identity.
     """
-    active = [float(getattr(config, op)) > 0 and not (op in ("saturation", "hue") and x.shape[1] == 1)
-              for op in JITTER_OPS]
+    active = jitter_active(config, x.shape[1])
     if not any(active) or not bool(params["jitter"].any()):
         return x
     chosen = torch.nonzero(params["jitter"]).squeeze(1)
     hue = JITTER_OPS.index("hue")
     hue_slot = torch.argmax((params["order"][chosen] == hue).to(torch.int8), dim=1)
     sort = torch.argsort(hue_slot, stable=True)
-    chosen, order = chosen[sort], params["order"][chosen[sort]]  # per row of xs
+    chosen = chosen[sort]  # per row of xs
     xs = x.index_select(0, chosen)
-    # per image and slot: the affine form's (f, a, c); identity (1, 0, 0) where the slot is hue
-    # or the op is off (saturation of a 1-channel image)
-    one = torch.ones_like(params["brightness"][chosen])
-    sat = params["saturation"][chosen] if active[2] else one
-    f = torch.stack([params["brightness"][chosen], params["contrast"][chosen], sat, one], dim=1).gather(1, order)
-    gray_coef = (1 - f) * (order == 2)
-    mean_coef = (1 - f) * (order == 1)
+    f, gray_coef, mean_coef = (t[chosen] for t in jitter_coefficients(params, active))
     sigma = _hue_sigma(params["hue"][chosen], x.dtype) if active[hue] else None
     bounds = [0, *torch.bincount(hue_slot, minlength=4).cumsum(0).tolist()]
     n = xs.shape[0]
@@ -705,6 +716,6 @@ __all__ = [
     "BACKENDS", "JITTER_OPS", "LUMA_WEIGHTS", "RECIPES", "MultiViewAugment", "ViewConfig", "ViewGroup",
     "adjust_brightness", "adjust_contrast", "adjust_hue", "adjust_saturation", "apply_view",
     "augment_view", "build_augment", "channel_stats", "color_jitter", "gaussian_blur",
-    "gaussian_kernels", "hflip", "normalize", "resized_crop", "rgb_to_grayscale",
+    "gaussian_kernels", "hflip", "jitter_active", "jitter_coefficients", "normalize", "resized_crop", "rgb_to_grayscale",
     "sample_crop_boxes", "sample_view_params", "solarize", "to_float_images", "use_native",
 ]

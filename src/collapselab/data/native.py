@@ -176,12 +176,9 @@ def kernel_arguments(images: torch.Tensor, params: Mapping[str, torch.Tensor], c
     b, c, height, width = images.shape
     out_h, out_w = config.output_size(height, width)
     f32 = torch.float32
-    active = [float(getattr(config, op)) > 0 and not (op in ("saturation", "hue") and c == 1)
-              for op in A.JITTER_OPS]
+    active = A.jitter_active(config, c)
     order = params["order"]
-    one = torch.ones_like(params["brightness"])
-    sat = params["saturation"] if active[2] else one
-    f = torch.stack([params["brightness"], params["contrast"], sat, one], dim=1).gather(1, order)
+    f, gray_coef, mean_coef = A.jitter_coefficients(params, active)
     affine = OP_AFFINE if any(active[:3]) else OP_SKIP
     ops = torch.where(order == A.JITTER_OPS.index("hue"), OP_HUE if active[3] else affine, affine)
     sigma = A._hue_sigma(params["hue"], f32) if active[3] else torch.zeros(b, 3)
@@ -202,8 +199,8 @@ def kernel_arguments(images: torch.Tensor, params: Mapping[str, torch.Tensor], c
         "boxes": params["boxes"].to(torch.int64).contiguous(), "flip": params["flip"].to(u8),
         "jitter": (params["jitter"] & any(active)).to(u8),
         "ops": ops.to(torch.int8).contiguous(),
-        "jf": f.to(f32).contiguous(), "ja": ((1 - f) * (order == 2)).to(f32).contiguous(),
-        "jc": ((1 - f) * (order == 1)).to(f32).contiguous(),
+        "jf": f.to(f32).contiguous(), "ja": gray_coef.to(f32).contiguous(),
+        "jc": mean_coef.to(f32).contiguous(),
         "sigma": sigma.to(f32).contiguous(),
         "gray": (params["grayscale"] & (config.grayscale_p > 0) & (c == 3)).to(u8),
         "blur_on": blur_on.to(u8), "kernels": kernels.to(f32).contiguous(), "ksize": ksize,
