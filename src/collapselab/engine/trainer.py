@@ -27,7 +27,7 @@ from collapselab import distributed
 from collapselab._validation import InputError
 from collapselab.config import Config, config_from_dict, load_config, to_dict, to_yaml
 from collapselab.data import DeviceLoader, build_augment, get_dataset
-from collapselab.data.augment import channel_stats, normalize, to_float_images
+from collapselab.data.augment import channel_stats, normalize, to_float_images, use_native
 from collapselab.diagnostics import CollapseMonitor
 from collapselab.diagnostics.monitor import Alarm
 from collapselab.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -195,6 +195,8 @@ class Trainer:
         if c.data.normalize and "mean" not in augment_cfg:
             augment_cfg["mean"], augment_cfg["std"] = mean, std
         self.augment = build_augment(augment_cfg)
+        # what actually makes the views (auto resolves to native or torch on this device)
+        self.augment_backend = "native" if use_native(self.augment.backend, torch.empty(0, device=self.device)) else "torch"
         self.loader = DeviceLoader(self.train_set, c.data.batch_size, shuffle=True, seed=c.train.seed,
                                    drop_last=True, num_replicas=self.world, rank=self.rank, device=self.device)
         self.steps_per_epoch = len(self.loader)
@@ -507,6 +509,7 @@ class Trainer:
             "global_batch_size": c.data.batch_size * self.world,
             "world_size": self.world,
             "device": str(self.device),
+            "augment": {"recipe": self.augment.name, "backend": self.augment_backend},
             "wall_time_s": wall,
             "train_time_s": self.train_time,
             "throughput_img_per_s": self.images_seen / self.train_time if self.train_time > 0 else None,
