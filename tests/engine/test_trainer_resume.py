@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import collapselab
-from collapselab.engine import load_checkpoint, read_metrics
+from collapselab.engine import load_checkpoint, read_metrics, save_checkpoint
 from collapselab.engine.trainer import Trainer
 
 torch.set_num_threads(1)
@@ -137,3 +137,20 @@ def test_resume_can_extend_a_finished_run(tmp_path: Path) -> None:
     assert longer.summary["status"] == "completed"
     assert longer.summary["epochs_completed"] == 2
     assert load_checkpoint(first.dir / "checkpoints" / "last.pt")["epoch"] == 2
+
+
+def test_resuming_with_another_augmentation_backend_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = collapselab.train("byol", "digits", **tiny(tmp_path, "b", train={"epochs": 1},
+                                                         data={"augment_backend": "torch"}))
+    assert load_checkpoint(first.dir / "checkpoints" / "last.pt")["augment_backend"] == "torch"
+    capsys.readouterr()
+    collapselab.train(resume=first.dir, overrides=["train.epochs=2"])  # same backend: silent
+    assert "augmentation backend" not in capsys.readouterr().err
+    state_path = first.dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(state_path)
+    state["augment_backend"] = "native"  # as if the first part had run with the native kernel
+    save_checkpoint(state_path, state)
+    collapselab.train(resume=first.dir, overrides=["train.epochs=3"])
+    err = capsys.readouterr().err
+    assert "made by the 'native' augmentation backend and now by 'torch'" in err
+    assert "data.augment_backend=native" in err

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -269,6 +270,7 @@ class Trainer:
             "backbone_prefix": "backbone.",
             "input_shape": list(self.train_set.images.shape[1:]),
             "normalization": {"mean": self.normalizer.mean, "std": self.normalizer.std},
+            "augment_backend": self.augment_backend,
         }
 
     def _sync_buffers(self) -> None:
@@ -297,6 +299,11 @@ class Trainer:
         self.images_seen, self.train_time = int(state["images_seen"]), float(state["train_time"])
         _restore_rng({k: v.cpu() for k, v in state["rng"].items()}, self.generator)
         self.monitor.load_state_dict(state["monitor"])
+        saved = state.get("augment_backend")
+        if saved is not None and saved != self.augment_backend and self.main:
+            print(f"warning: this run's views were made by the {saved!r} augmentation backend and now by "
+                  f"{self.augment_backend!r}; it continues, but not bit-identically to an uninterrupted run "
+                  f"(resume with data.augment_backend={saved} for that)", file=sys.stderr)
 
     # ---- monitoring ----------------------------------------------------------------------
 
