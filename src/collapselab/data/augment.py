@@ -614,9 +614,10 @@ class MultiViewAugment:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         native = use_native(self.backend, images)
+        # the kernel reads uint8 or float itself: for it the input checks run on an empty slice
         x = images if native else to_float_images(images)
         if native:
-            to_float_images(images[:0])  # the same input checks, on an empty slice
+            to_float_images(images[:0])
         _check_generator(generator, x.device)
         views = []
         for group in self.groups:
@@ -716,6 +717,6 @@ __all__ = [
     "BACKENDS", "JITTER_OPS", "LUMA_WEIGHTS", "RECIPES", "MultiViewAugment", "ViewConfig", "ViewGroup",
     "adjust_brightness", "adjust_contrast", "adjust_hue", "adjust_saturation", "apply_view",
     "augment_view", "build_augment", "channel_stats", "color_jitter", "gaussian_blur",
-    "gaussian_kernels", "hflip", "jitter_active", "jitter_coefficients", "normalize", "resized_crop", "rgb_to_grayscale",
-    "sample_crop_boxes", "sample_view_params", "solarize", "to_float_images", "use_native",
+    "gaussian_kernels", "hflip", "jitter_active", "jitter_coefficients", "normalize", "resized_crop",
+    "rgb_to_grayscale", "sample_crop_boxes", "sample_view_params", "solarize", "to_float_images", "use_native",
 ]

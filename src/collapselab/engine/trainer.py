@@ -197,7 +197,8 @@ class Trainer:
             augment_cfg["mean"], augment_cfg["std"] = mean, std
         self.augment = build_augment(augment_cfg)
         # what actually makes the views (auto resolves to native or torch on this device)
-        self.augment_backend = "native" if use_native(self.augment.backend, torch.empty(0, device=self.device)) else "torch"
+        on_device = torch.empty(0, device=self.device)
+        self.augment_backend = "native" if use_native(self.augment.backend, on_device) else "torch"
         self.loader = DeviceLoader(self.train_set, c.data.batch_size, shuffle=True, seed=c.train.seed,
                                    drop_last=True, num_replicas=self.world, rank=self.rank, device=self.device)
         self.steps_per_epoch = len(self.loader)
