@@ -112,3 +112,36 @@ def test_unsupported_version_is_named(tmp_path: Path) -> None:
     torch.save({"format": ckpt.FORMAT, "version": 99, "sha256": "", "state": state}, tmp_path / "v.pt")
     with pytest.raises(CheckpointError, match="version 99"):
         load_checkpoint(tmp_path / "v.pt")
+
+
+def test_a_state_whose_equal_strings_are_one_object_loads_back(tmp_path: Path) -> None:
+    """Regression: the digest was taken over pickle bytes, which refer back to a string already
+    written when the *same object* recurs; a state holding one string object twice reloaded with
+    two objects, digested differently and was refused as corrupt."""
+    shared = "".join(["o", "ff"])  # one object, not interned
+    state = {"config": {"compile": shared, "channels_last": shared}, "backend": shared, "w": torch.ones(3)}
+    path = save_checkpoint(tmp_path / "s.pt", state)
+    assert load_checkpoint(path)["config"] == {"compile": "off", "channels_last": "off"}
+
+
+def test_content_digest_sees_values_not_identities_or_layouts() -> None:
+    a = {"x": torch.arange(24.0).reshape(1, 2, 3, 4), "s": ["a", "b"], "n": (1, 2.5, None, True)}
+    b = {"x": a["x"].contiguous(memory_format=torch.channels_last), "s": ["a", "b"], "n": (1, 2.5, None, True)}
+    assert ckpt.content_digest(a) == ckpt.content_digest(b)
+    for changed in ({**a, "x": a["x"] + 1e-6}, {**a, "s": ["a", "c"]}, {**a, "n": [1, 2.5, None, True]},
+                    {**a, "x": a["x"].double()}, {"s": a["s"], "x": a["x"], "n": a["n"]}):
+        assert ckpt.content_digest(changed) != ckpt.content_digest(a)
+    with pytest.raises(TypeError, match="cannot digest"):
+        ckpt.content_digest({"f": object()})
+
+
+def test_checkpoints_written_with_the_pickle_digest_still_load(tmp_path: Path) -> None:
+    state = _state()
+    payload = {"format": ckpt.FORMAT, "version": ckpt.FORMAT_VERSION, "sha256": ckpt._digest(ckpt._to_cpu(state)),
+               "state": state}  # as save_checkpoint wrote it before content digests
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["epoch"] == 3
+    payload["state"] = {**state, "epoch": 4}  # a changed value under the old digest
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="SHA-256 mismatch"):
+        load_checkpoint(tmp_path / "bad.pt")

@@ -4,7 +4,14 @@
 renames it over the target (atomic on POSIX and Windows), so a crash mid-write leaves the previous
 checkpoint intact. ``load_checkpoint`` reads with ``torch.load(weights_only=True)`` — tensors,
 numbers, strings and containers only — and checks a format marker and a SHA-256 digest of the
-tensors, so a truncated, corrupted or foreign file is refused with a clear error.
+content, so a truncated, corrupted or foreign file is refused with a clear error.
+
+The digest (``sha256_content``) is taken over a canonical walk of the state — type tags, dict keys
+in order, and each tensor's dtype, shape and bytes — not over pickle bytes: pickling writes a
+string once and refers back to it when the *same object* appears again, so the bytes of an equal
+state depended on which strings happened to be shared objects, and a state reloaded from disk
+could digest differently from the one saved. Files written before this (``sha256`` over the
+pickle bytes) are still verified the old way.
 """
 
 from __future__ import annotations
@@ -28,10 +35,49 @@ class CheckpointError(RuntimeError):
 
 
 def _digest(state: Mapping[str, Any]) -> str:
-    """SHA-256 of the serialised state (the same bytes ``torch.save`` writes for it)."""
+    """Legacy SHA-256 of the pickled state (the bytes ``torch.save`` writes for it); depends on
+    which equal strings are one object, so only used to verify files that carry it."""
     buffer = io.BytesIO()
     torch.save(dict(state), buffer)
     return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+def content_digest(state: Any) -> str:
+    """SHA-256 of the state's content: equal for equal states whatever their object identities,
+    devices or memory layouts. Raises TypeError for objects that are not tensors, numbers,
+    strings, bytes, None, or dicts/lists/tuples of them."""
+    digest = hashlib.sha256()
+    _feed(digest, state)
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, obj: Any) -> None:
+    def tag(kind: str, text: str | bytes = b"") -> None:
+        data = text.encode() if isinstance(text, str) else text
+        digest.update(f"{kind}{len(data)}:".encode())
+        digest.update(data)
+
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        tag("T", f"{t.dtype}{tuple(t.shape)}")
+        tag("B", t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, Mapping):
+        tag("D", str(len(obj)))
+        for key, value in obj.items():
+            _feed(digest, key)
+            _feed(digest, value)
+    elif isinstance(obj, list | tuple):
+        tag("L" if isinstance(obj, list) else "U", str(len(obj)))
+        for value in obj:
+            _feed(digest, value)
+    elif isinstance(obj, str):
+        tag("S", obj)
+    elif isinstance(obj, bytes):
+        tag("Y", obj)
+    elif obj is None or isinstance(obj, bool | int | float):
+        tag(type(obj).__name__[0], repr(obj))
+    else:
+        raise TypeError(f"cannot digest a {type(obj).__name__}")
 
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
@@ -45,8 +91,8 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     state = dict(state)
     buffer = io.BytesIO()
     try:  # refuse now what could not be loaded later
-        digest = _digest(_to_cpu(state))
-        torch.save({"format": FORMAT, "version": FORMAT_VERSION, "sha256": digest, "state": state}, buffer)
+        digest = content_digest(state)
+        torch.save({"format": FORMAT, "version": FORMAT_VERSION, "sha256_content": digest, "state": state}, buffer)
         torch.load(io.BytesIO(buffer.getvalue()), map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(
@@ -91,9 +137,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"(this collapselab reads version {FORMAT_VERSION})"
         )
     state = payload.get("state")
-    if not isinstance(state, dict) or _digest(_to_cpu(state)) != payload.get("sha256"):
+    if not isinstance(state, dict) or not _intact(state, payload):
         raise CheckpointError(f"{path}: integrity check failed (SHA-256 mismatch): the file is corrupt")
     return state
+
+
+def _intact(state: dict[str, Any], payload: Mapping[str, Any]) -> bool:
+    if "sha256_content" in payload:
+        try:
+            return content_digest(state) == payload["sha256_content"]
+        except TypeError:
+            return False
+    return _digest(_to_cpu(state)) == payload.get("sha256")  # written before content digests
 
 
 def _to_cpu(obj: Any) -> Any:
