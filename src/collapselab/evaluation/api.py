@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from collapselab._device import resolve_device
 from collapselab._validation import ArrayLike, InputError
 from collapselab.evaluation.clustering import DEFAULT_N_INIT, code_clustering, kmeans_clustering
 from collapselab.evaluation.features import (
@@ -295,6 +296,8 @@ def evaluate(
         ``baseline_pixels_`` and ``baseline_random_``.
     """
     run_dir = None
+    if device is not None:  # a device this machine lacks is a one-line error, before any work
+        device = resolve_device(device, "device")
     if isinstance(source, (str, os.PathLike)):
         source = load_checkpoint_source(source)
     if isinstance(source, CheckpointSource):
