@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -207,3 +208,224 @@ def test_collapse_hints_name_the_switch_that_is_off() -> None:
 def test_methods_need_two_views() -> None:
     with pytest.raises(InputError, match="two views"):
         make("simclr")([torch.randn(4, 1, 8, 8)])
+
+
+# --- EMATarget.update against a naive loop -----------------------------------------------------
+
+
+def _tau(step: int, total: int, base: float) -> float:
+    """BYOL's schedule to 1, written out: τ_k = 1 − (1 − τ_base)(cos(πk/K) + 1)/2."""
+    return 1 - (1 - base) * (math.cos(math.pi * step / total) + 1) / 2
+
+
+class _Online:
+    """Two modules the online network is built from afresh at each update (as SiameseMethod)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        nn = torch.nn
+        self.body = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(4, 2), nn.BatchNorm1d(2, affine=False))
+
+    def module(self) -> torch.nn.Module:
+        return torch.nn.Sequential(self.body, self.head)
+
+    def train_step(self, seed: int) -> None:
+        """Change every parameter and the BatchNorm running statistics (and counters)."""
+        g = torch.Generator().manual_seed(seed)
+        net = self.module()
+        dtype = next(net.parameters()).dtype
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=g, dtype=dtype))
+            net.train()(torch.randn(8, 3, generator=g, dtype=dtype) * 3 + 1)
+
+
+def _naive_ema(reference: dict[str, torch.Tensor], online: torch.nn.Module, tau: float) -> None:
+    for name, theta in online.named_parameters():
+        reference[name] = tau * reference[name] + (1 - tau) * theta.detach()
+
+
+def _assert_target_follows(
+    target: EMATarget, reference: dict[str, torch.Tensor], online: torch.nn.Module, atol: float
+) -> None:
+    for name, xi in target.net.named_parameters():
+        torch.testing.assert_close(xi, reference[name], rtol=0, atol=atol, msg=name)
+        assert not torch.equal(xi, dict(online.named_parameters())[name]), f"{name} was copied"
+    online_buffers = dict(online.named_buffers())
+    assert len(online_buffers) == 6  # running_mean, running_var, num_batches_tracked, twice
+    for name, buffer in target.net.named_buffers():
+        assert buffer.dtype == online_buffers[name].dtype
+        assert torch.equal(buffer, online_buffers[name]), name
+
+
+def test_ema_update_equals_the_naive_loop_over_steps_and_copies_buffers() -> None:
+    online = _Online()
+    target = EMATarget(online.module(), base_momentum=0.9, final_momentum=1.0)
+    reference = {n: p.detach().clone() for n, p in target.net.named_parameters()}
+    total = 10
+    for k in range(6):
+        online.train_step(seed=k)
+        tau = target.update(online.module(), k, total)  # a fresh Sequential every time
+        assert tau == pytest.approx(_tau(k, total, 0.9))
+        _naive_ema(reference, online.module(), _tau(k, total, 0.9))
+        _assert_target_follows(target, reference, online.module(), atol=1e-6)
+    assert int(target.net[0][1].num_batches_tracked) == 6
+    assert not any(p.requires_grad for p in target.parameters())
+
+
+def test_ema_update_follows_the_live_tensors_after_to_float64() -> None:
+    online = _Online()
+    target = EMATarget(online.module(), base_momentum=0.8, final_momentum=None)
+    model = torch.nn.ModuleDict({"body": online.body, "head": online.head, "target": target})
+    reference = {n: p.detach().clone() for n, p in target.net.named_parameters()}
+    for k in range(2):  # builds the cached lists in float32
+        online.train_step(seed=k)
+        target.update(online.module(), k, 10)
+        _naive_ema(reference, online.module(), 0.8)
+    model.to(torch.float64)  # replaces every buffer, keeps the Parameter objects
+    reference = {n: r.double() for n, r in reference.items()}
+    for k in range(2, 6):
+        online.train_step(seed=k)
+        target.update(online.module(), k, 10)
+        _naive_ema(reference, online.module(), 0.8)
+        assert all(t.dtype == torch.float64 for t in target.net.parameters())
+        _assert_target_follows(target, reference, online.module(), atol=1e-6)
+
+
+def test_ema_update_follows_a_different_online_module_or_a_replaced_parameter() -> None:
+    online = _Online(seed=0)
+    target = EMATarget(online.module(), base_momentum=0.5, final_momentum=None)
+    target.update(online.module(), 0, 10)
+    other = _Online(seed=1)  # same architecture, other tensors
+    other.train_step(seed=7)
+    reference = {n: p.detach().clone() for n, p in target.net.named_parameters()}
+    target.update(other.module(), 1, 10)
+    _naive_ema(reference, other.module(), 0.5)
+    _assert_target_follows(target, reference, other.module(), atol=1e-6)
+    other.head[0].weight = torch.nn.Parameter(torch.full((2, 4), 3.0))  # a new tensor object
+    target.update(other.module(), 2, 10)
+    _naive_ema(reference, other.module(), 0.5)
+    _assert_target_follows(target, reference, other.module(), atol=1e-6)
+
+
+def test_ema_target_copies_and_state_dicts_carry_no_cache_and_stay_live() -> None:
+    online = _Online()
+    target = EMATarget(online.module(), base_momentum=0.7, final_momentum=None)
+    online.train_step(seed=0)
+    target.update(online.module(), 0, 10)
+    assert all(key.startswith("net.") for key in target.state_dict())
+    reference = {n: p.detach().clone() for n, p in target.net.named_parameters()}
+
+    # a deep copy (with its own online copy) moves independently of the original
+    twin_online = copy.deepcopy(online)
+    twin = copy.deepcopy(target)
+    assert target._plan is not None and twin._plan is None  # no copies of the cached online tensors
+    twin_online.train_step(seed=1)
+    twin.update(twin_online.module(), 1, 10)
+    for name, xi in target.net.named_parameters():
+        assert torch.equal(xi, reference[name]), "updating the copy changed the original"
+    twin_reference = dict(reference)
+    _naive_ema(twin_reference, twin_online.module(), 0.7)
+    _assert_target_follows(twin, twin_reference, twin_online.module(), atol=1e-6)
+
+    # load_state_dict, in place and with assign=True, then keep updating
+    for assign in (False, True):
+        saved = copy.deepcopy(target.state_dict())
+        fresh = EMATarget(online.module(), base_momentum=0.7, final_momentum=None)
+        fresh.update(online.module(), 0, 10)  # a cache built, for this very online, before the load
+        fresh.load_state_dict(saved, assign=assign)
+        ref = {n: r.clone() for n, r in reference.items()}
+        for k in range(2, 4):
+            online.train_step(seed=k)
+            fresh.update(online.module(), k, 10)
+            _naive_ema(ref, online.module(), 0.7)
+        _assert_target_follows(fresh, ref, online.module(), atol=1e-6)
+
+
+def test_ema_update_copies_buffers_without_foreach_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(torch, "_foreach_copy_", raising=False)
+    online = _Online()
+    target = EMATarget(online.module(), base_momentum=0.9, final_momentum=None)
+    reference = {n: p.detach().clone() for n, p in target.net.named_parameters()}
+    for k in range(3):
+        online.train_step(seed=k)
+        target.update(online.module(), k, 10)
+        _naive_ema(reference, online.module(), 0.9)
+    _assert_target_follows(target, reference, online.module(), atol=1e-6)
+
+
+def test_ema_update_never_reads_a_tensor_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    online = _Online()
+    target = EMATarget(online.module(), base_momentum=0.9, final_momentum=None)
+    online.train_step(seed=0)
+    before = target.net[0][0].weight.detach().clone()
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("EMATarget.update read a tensor on the host (a GPU synchronisation)")
+
+    for attr in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, attr, host_read)
+    target.update(online.module(), 0, 10)
+    target.update(online.module(), 1, 10)
+    monkeypatch.undo()
+    assert not torch.equal(target.net[0][0].weight, before)
+
+
+def test_byol_after_step_is_the_naive_ema_before_and_after_to_float64() -> None:
+    method = make("byol", ema=0.9)
+    reference = {n: p.detach().clone() for n, p in method.target.net.named_parameters()}
+    online = torch.nn.Sequential(method.backbone, method.projector)
+
+    def train_and_step(k: int) -> None:
+        g = torch.Generator().manual_seed(k)
+        dtype = next(method.parameters()).dtype
+        with torch.no_grad():
+            for p in online.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=dtype))
+            method.train().embed(views(seed=k)[0].to(dtype))  # moves the BatchNorm statistics
+        assert method.after_step(k, 20)["ema_momentum"] == pytest.approx(_tau(k, 20, 0.9))
+        _naive_ema(reference, online, _tau(k, 20, 0.9))
+        for name, xi in method.target.net.named_parameters():
+            torch.testing.assert_close(xi, reference[name], rtol=0, atol=1e-6, msg=name)
+        target_buffers = method.target.net.named_buffers()
+        for (name, buffer), live in zip(target_buffers, online.buffers(), strict=True):
+            assert torch.equal(buffer, live), name
+
+    for k in range(3):
+        train_and_step(k)
+    method.to(torch.float64)
+    reference = {n: r.double() for n, r in reference.items()}
+    for k in range(3, 6):
+        train_and_step(k)
+    assert method.target.net[0].parameters().__next__().dtype == torch.float64
+
+
+def test_ema_update_follows_target_parameters_replaced_by_a_conversion() -> None:
+    """With torch's overwrite-on-conversion flag, ``target.double()`` gives the target new
+    Parameter objects with new storage, while ``online.double()`` (flag off) keeps the online
+    Parameter objects, so only the target side of the cached lists goes stale."""
+    torch.manual_seed(0)
+    online = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    target = EMATarget(online, base_momentum=0.6, final_momentum=None)
+    target.update(online, 0, 10)
+    old_params = list(target.net.parameters())
+    online.double()
+    flag = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        target.double()
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(flag)
+    assert not any(a is b for a, b in zip(old_params, target.net.parameters(), strict=True))
+    reference = {n: p.detach().clone() for n, p in target.net.named_parameters()}
+    for k in range(1, 4):
+        with torch.no_grad():
+            for p in online.parameters():
+                g = torch.Generator().manual_seed(k)
+                p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+        target.update(online, k, 10)
+        _naive_ema(reference, online, 0.6)
+    for name, xi in target.net.named_parameters():
+        assert xi.dtype == torch.float64
+        torch.testing.assert_close(xi, reference[name], rtol=0, atol=1e-12, msg=name)

@@ -9,6 +9,7 @@ module into a ready optimiser over those groups.
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -86,7 +87,13 @@ class LARS(torch.optim.Optimizer):
     both the weight decay and the trust ratio: plain SGD with momentum. Norms are taken over the
     whole tensor (one "layer" = one parameter tensor). Default η = 0.001 as in SimCLR, BYOL and
     Barlow Twins (see ``DEFAULT_ETA``). The momentum buffer is in ``state[p]["momentum_buffer"]``,
-    so ``state_dict``/``load_state_dict`` round-trip.
+    so ``state_dict``/``load_state_dict`` round-trip. Parameters whose ``grad`` is None are skipped
+    (no state is created for them).
+
+    The step is vectorised: per parameter group and per (device, dtype) bucket it issues a fixed
+    handful of ``torch._foreach_*`` kernels instead of ~10 small kernels per tensor, and it never
+    reads a tensor on the host (the trust ratio stays on the device), so on a GPU it neither
+    synchronises nor scales its launch count with the number of parameter tensors.
     """
 
     def __init__(
@@ -106,37 +113,110 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform one update; ``closure`` (optional) re-evaluates the model and returns the loss."""
+        """Perform one update; ``closure`` (optional) re-evaluates the model and returns the loss.
+
+        A sparse gradient anywhere raises InputError before any parameter is touched.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # First pass: check every gradient and bucket (param, grad) pairs per group and per
+        # (device, param dtype, grad dtype), the unit a single foreach kernel can handle.
+        plan: list[tuple[dict[str, Any], list[tuple[list[torch.Tensor], list[torch.Tensor]]]]] = []
         for group in self.param_groups:
-            exclude = bool(group["lars_exclude"])
-            wd, eta, mu, lr = group["weight_decay"], group["eta"], group["momentum"], group["lr"]
+            buckets: dict[tuple[Any, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
-                if p.grad.is_sparse:
+                if grad.is_sparse:
                     raise InputError("LARS does not support sparse gradients; use dense embeddings")
-                g = p.grad
-                if not exclude:
-                    if wd != 0:
-                        g = g.add(p, alpha=wd)
-                    w_norm = torch.linalg.vector_norm(p)
-                    g_norm = torch.linalg.vector_norm(g)
-                    # torch.where keeps this on the device (no host sync per parameter).
-                    trust = torch.where(
-                        (w_norm > 0) & (g_norm > 0), eta * w_norm / g_norm, torch.ones_like(w_norm)
+                params, grads = buckets.setdefault((p.device, p.dtype, grad.dtype), ([], []))
+                params.append(p)
+                grads.append(grad)
+            if buckets:
+                plan.append((group, list(buckets.values())))
+        for group, bucket_list in plan:
+            for params, grads in bucket_list:
+                bufs = [self._momentum_buffer(p) for p in params]
+                if group["lars_exclude"]:
+                    _momentum_update(
+                        params, grads, bufs, lr=group["lr"], momentum=group["momentum"]
                     )
-                    g = g.mul(trust)
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = state["momentum_buffer"] = torch.zeros_like(p)
-                buf.mul_(mu).add_(g)
-                p.add_(buf, alpha=-lr)
+                else:
+                    _lars_update(
+                        params, grads, bufs, lr=group["lr"], momentum=group["momentum"],
+                        weight_decay=group["weight_decay"], eta=group["eta"],
+                    )
         return loss
+
+    def _momentum_buffer(self, p: torch.Tensor) -> torch.Tensor:
+        """``state[p]["momentum_buffer"]``, created as zeros (so the first step gives buf = g)."""
+        state = self.state[p]
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = state["momentum_buffer"] = torch.zeros_like(p)
+        return buf
+
+
+def _momentum_update(
+    params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor],
+    *, lr: float, momentum: float,
+) -> None:
+    """Heavy-ball SGD on one bucket: buf ← μ·buf + g, w ← w − lr·buf (3 foreach kernels)."""
+    torch._foreach_mul_(bufs, momentum)
+    torch._foreach_add_(bufs, grads)
+    torch._foreach_add_(params, bufs, alpha=-lr)
+
+
+def _flat_trust_scaling(device: torch.device) -> bool:
+    """Whether ``_lars_update`` applies the trust ratios through one flat buffer (accelerators).
+
+    On CPU every ``_foreach_*`` op is a loop over tensors anyway, and a fresh flat buffer costs
+    page faults each step, so CPU keeps per-tensor buffers.
+    """
+    return device.type != "cpu"
+
+
+def _lars_update(
+    params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor],
+    *, lr: float, momentum: float, weight_decay: float, eta: float,
+) -> None:
+    """One LARS step on a bucket of same-device, same-dtype tensors, without host reads.
+
+    d = g + wd·w (``p.grad`` is left untouched); per-tensor trust ratios
+    t = η‖w‖/‖d‖ if ‖w‖ > 0 and ‖d‖ > 0 else 1, computed as one vector on the device; then
+    buf ← μ·buf + t·d and w ← w − lr·buf.
+
+    On an accelerator d lives in one flat buffer whose per-tensor views feed the foreach kernels,
+    and t is applied to it by a single multiply with t repeated over each tensor's elements:
+    ``_foreach_mul_`` with a list of 0-d tensors would take its one-kernel-per-tensor slow path
+    (its fast path needs equal shapes), i.e. as many launches as the old loop.
+    """
+    flat: torch.Tensor | None = None
+    if _flat_trust_scaling(params[0].device):
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        sizes = [g.numel() for g in grads]
+        d = [chunk.view(p.shape) for chunk, p in zip(flat.split(sizes), params, strict=True)]
+        if weight_decay != 0:
+            torch._foreach_add_(d, params, alpha=weight_decay)
+    elif weight_decay != 0:
+        d = torch._foreach_add(grads, params, alpha=weight_decay)
+    else:
+        d = list(grads)  # p.grad itself: scaled out of place below
+    w_norm = torch.stack(torch._foreach_norm(params))
+    d_norm = torch.stack(torch._foreach_norm(d))
+    trust = torch.where(
+        (w_norm > 0) & (d_norm > 0), eta * w_norm / d_norm, torch.ones_like(w_norm)
+    )
+    if flat is not None:
+        flat.mul_(torch.cat([t.expand(n) for t, n in zip(trust.unbind(0), sizes, strict=True)]))
+    elif weight_decay != 0:
+        torch._foreach_mul_(d, trust.unbind(0))
+    else:
+        d = torch._foreach_mul(d, trust.unbind(0))
+    _momentum_update(params, d, bufs, lr=lr, momentum=momentum)
 
 
 def build_optimizer(
@@ -156,6 +236,15 @@ def build_optimizer(
     parameters get no weight decay when ``exclude_bias_and_norm`` (and no LARS adaptation).
     Raises InputError for an unknown name (with the nearest valid one), out-of-range
     hyper-parameters, or a module without trainable parameters.
+
+    SGD and AdamW get ``foreach=True`` (multi-tensor kernels, a few launches per step and no host
+    synchronisation) when their constructor takes it, not ``fused=True``: foreach is the
+    implementation torch already picks by default for CUDA parameters, so the maths (and the
+    numbers) stay those of torch's default path on every device; whereas the flag is saved in the
+    optimiser's ``state_dict`` and restored by ``load_state_dict``, so a ``fused=True`` checkpoint
+    would fail to resume where fused kernels are missing (CPU on older torch; torch 2.1 has no
+    fused SGD at all), and fused AdamW rounds differently from the default path. LARS is
+    vectorised itself (see :class:`LARS`).
     """
     key = str(name).strip().lower()
     if key not in OPTIMIZERS:
@@ -172,7 +261,22 @@ def build_optimizer(
             "unfreeze some parameters before building an optimizer"
         )
     if key == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(
+            groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
+            **_foreach_kwargs(torch.optim.SGD),
+        )
     if key == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    return torch.optim.AdamW(
+        groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+        **_foreach_kwargs(torch.optim.AdamW),
+    )
+
+
+def _foreach_kwargs(cls: type[torch.optim.Optimizer]) -> dict[str, Any]:
+    """``{"foreach": True}`` if the constructor of ``cls`` takes ``foreach``, else ``{}``."""
+    try:
+        accepted = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # no introspectable signature: keep torch's default
+        return {}
+    return {"foreach": True} if "foreach" in accepted else {}

@@ -114,6 +114,55 @@ class MethodOutput:
         self.tensors = {name: t.detach() for name, t in self.tensors.items()}
 
 
+class _EMAPlan:
+    """What :meth:`EMATarget.update` caches: the online tensors it was built for (checked by
+    identity) and the (target, online) lists bucketed by device and dtype, one foreach call each."""
+
+    __slots__ = ("buffer_buckets", "online_buffers", "online_params", "param_buckets")
+
+    def __init__(
+        self,
+        target: nn.Module,
+        online_params: list[torch.Tensor],
+        online_buffers: list[torch.Tensor],
+    ) -> None:
+        self.online_params = online_params
+        self.online_buffers = online_buffers
+        self.param_buckets = _bucket_pairs(list(target.parameters()), online_params, "parameters")
+        self.buffer_buckets = _bucket_pairs(list(target.buffers()), online_buffers, "buffers")
+
+    def matches(self, params: list[torch.Tensor], buffers: list[torch.Tensor]) -> bool:
+        """Whether ``params``/``buffers`` are the very tensors the plan was built for."""
+        return _same_tensors(self.online_params, params) and _same_tensors(
+            self.online_buffers, buffers
+        )
+
+
+def _same_tensors(cached: list[torch.Tensor], current: list[torch.Tensor]) -> bool:
+    return len(cached) == len(current) and all(a is b for a, b in zip(cached, current, strict=True))
+
+
+def _bucket_pairs(
+    target: list[torch.Tensor], online: list[torch.Tensor], kind: str
+) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """Pair target and online tensors in order, grouped by (device, dtype) of both sides (a foreach
+    kernel only takes its fast path on a list of one device and one dtype)."""
+    if len(target) != len(online):
+        raise ValueError(
+            f"EMATarget.update: the online network has {len(online)} {kind}, the target "
+            f"{len(target)}; pass the module the target was copied from"
+        )
+    buckets: dict[tuple[Any, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for t, o in zip(target, online, strict=True):
+        if t.shape != o.shape:
+            raise ValueError(f"EMATarget.update: {kind} shapes differ, target {tuple(t.shape)} "
+                             f"vs online {tuple(o.shape)}")
+        pair = buckets.setdefault((t.device, t.dtype, o.device, o.dtype), ([], []))
+        pair[0].append(t)
+        pair[1].append(o)
+    return list(buckets.values())
+
+
 class EMATarget(nn.Module):
     """A target network that follows an online network by exponential moving average.
 
@@ -121,6 +170,14 @@ class EMATarget(nn.Module):
     MoCo eq. 2). τ follows BYOL's schedule τ_k = 1 − (1 − τ_base)(cos(πk/K) + 1)/2 from
     ``base_momentum`` to ``final_momentum`` (None: constant, as MoCo). Buffers (BatchNorm running
     statistics) are copied, not averaged. The target never receives gradient.
+
+    :meth:`update` is one ``torch._foreach_lerp_`` and one ``torch._foreach_copy_`` per
+    (device, dtype) bucket, with τ a Python float: no host synchronisation. The paired tensor
+    lists are cached (a plain attribute, so not in ``state_dict``) and rebuilt when the online
+    module's parameters or buffers are not the very tensors cached (e.g. a new module, or buffers
+    replaced by ``online.to(...)``), when the target is converted (``.to``/``.double``/...,
+    which replace buffers) or loads a state dict (``assign=True`` replaces tensors); copies and
+    pickles drop it.
     """
 
     def __init__(self, online: nn.Module, base_momentum: float, final_momentum: float | None = 1.0) -> None:
@@ -129,6 +186,7 @@ class EMATarget(nn.Module):
         self.net.requires_grad_(False)
         self.base_momentum = float(base_momentum)
         self.final_momentum = final_momentum
+        self._plan: _EMAPlan | None = None
 
     def momentum(self, step: int, total_steps: int) -> float:
         if self.final_momentum is None:
@@ -137,18 +195,43 @@ class EMATarget(nn.Module):
 
     @torch.no_grad()
     def update(self, online: nn.Module, step: int, total_steps: int) -> float:
-        """Move the target towards ``online``; returns the momentum used."""
+        """Move the target towards ``online`` (ξ ← τ·ξ + (1 − τ)·θ, buffers copied); returns τ."""
         tau = self.momentum(step, total_steps)
-        target_params = list(self.net.parameters())
         online_params = list(online.parameters())
-        torch._foreach_lerp_(target_params, [p.detach() for p in online_params], 1.0 - tau)
-        for target_buffer, online_buffer in zip(self.net.buffers(), online.buffers(), strict=True):
-            target_buffer.copy_(online_buffer)
+        online_buffers = list(online.buffers())
+        plan = self.__dict__.get("_plan")  # absent on an EMATarget unpickled from an old file
+        if plan is None or not plan.matches(online_params, online_buffers):
+            plan = self._plan = _EMAPlan(self.net, online_params, online_buffers)
+        for target_params, source_params in plan.param_buckets:
+            torch._foreach_lerp_(target_params, source_params, 1.0 - tau)
+        foreach_copy = getattr(torch, "_foreach_copy_", None)
+        for target_buffers, source_buffers in plan.buffer_buckets:
+            if foreach_copy is not None:
+                foreach_copy(target_buffers, source_buffers)
+            else:  # torch without _foreach_copy_
+                for target_buffer, source in zip(target_buffers, source_buffers, strict=True):
+                    target_buffer.copy_(source)
         return tau
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> EMATarget:
+        # .to()/.double()/.cuda() replace buffers (and parameters under some torch.__future__
+        # flags): forget the cached lists so the next update pairs the live tensors.
+        self._plan = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._plan = None  # load_state_dict(assign=True) replaces tensors
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        parent = getattr(super(), "__getstate__", None)  # nn.Module's, or object's (3.11+)
+        state = dict(parent()) if parent is not None else self.__dict__.copy()
+        state["_plan"] = None  # copies/pickles must not share or carry the cached tensor lists
+        return state
 
 
 class SSLMethod(nn.Module):
