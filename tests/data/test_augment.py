@@ -363,3 +363,211 @@ def test_grayscale_in_a_view_replaces_exactly_the_selected_images_by_their_luma(
     assert g.any() and (~g).any()
     assert torch.equal(out[~g], plain[~g])
     assert torch.equal(out[g], A.rgb_to_grayscale(plain[g]).expand(-1, 3, -1, -1))
+
+
+# --- sync-free (dense) path: same views as the CPU path, no host synchronisation ----------------------
+
+_SYNC_OPS = ("nonzero", "argwhere", "_local_scalar_dense", "masked_select", "bincount", "_unique2",
+             "unique_dim", "unique_consecutive", "equal", "is_nonzero", "repeat_interleave")
+_INDEX_OPS = ("index", "index_put", "index_put_", "_index_put_impl_")
+
+
+class _HostSyncError(AssertionError):
+    pass
+
+
+class _NoHostSync(torch.utils._python_dispatch.TorchDispatchMode):
+    """Raises on every aten op that reads device data back to the host (on a GPU: a sync)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in _SYNC_OPS:
+            raise _HostSyncError(f"host synchronisation: aten.{name}")
+        if name in _INDEX_OPS and any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
+                                      for i in (args[1] if len(args) > 1 else ()) or ()):
+            raise _HostSyncError(f"host synchronisation: aten.{name} with a boolean mask")
+        return func(*args, **(kwargs or {}))
+
+
+class no_host_sync:
+    """Context: any host read of a tensor's value (or a tensor built from host data, which on a
+    GPU is a synchronising host→device copy) raises :class:`_HostSyncError`."""
+
+    def __enter__(self):
+        def refuse(what):
+            def fail(*args, **kwargs):
+                raise _HostSyncError(f"host synchronisation: {what}")
+            return fail
+
+        self._patch = pytest.MonkeyPatch()
+        for attr in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy", "nonzero"):
+            self._patch.setattr(torch.Tensor, attr, refuse(f"Tensor.{attr}"))
+        for attr in ("nonzero", "argwhere", "bincount", "tensor", "as_tensor", "from_numpy"):
+            self._patch.setattr(torch, attr, refuse(f"torch.{attr}"))
+        self._mode = _NoHostSync()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+        self._patch.undo()
+        return False
+
+
+def _views(aug, x, seed, dense):
+    """The recipe's views from ``seed``, on the dense path (under no_host_sync) or the CPU one."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(A, "_FORCE_SYNC_FREE", dense)
+        if not dense:
+            return aug(x, torch.Generator().manual_seed(seed))
+        with no_host_sync():
+            return aug(x, torch.Generator().manual_seed(seed))
+
+
+def test_the_sync_guard_catches_the_cpu_path():
+    x = rand_images(b=16, seed=1)
+    cfg = ViewConfig(grayscale_p=0.5, blur_p=0.5)
+    p = A.sample_view_params(16, 12, 10, cfg, torch.Generator().manual_seed(0))
+    with no_host_sync(), pytest.raises(_HostSyncError):
+        A.apply_view(x, p, cfg, sync_free=False)
+    with no_host_sync(), pytest.raises(_HostSyncError):
+        A.color_jitter(x, p, cfg, sync_free=False)
+    with no_host_sync(), pytest.raises(_HostSyncError):
+        x[x[:, 0, 0, 0] > 0.5]  # boolean-mask indexing: a nonzero inside
+    with no_host_sync(), pytest.raises(_HostSyncError):
+        A.apply_view(x, p, ViewConfig(grayscale_p=0.0, jitter_p=0.0), mean=[0.5] * 3, std=[0.2] * 3,
+                     sync_free=False)  # normalisation constants made from host data
+
+
+def test_sync_free_path_is_chosen_off_the_cpu_or_when_forced(monkeypatch):
+    x = torch.zeros(2, 3, 4, 4)
+    assert not A._sync_free(x) and A._sync_free(x, True) and not A._sync_free(x, False)
+    assert A._sync_free(torch.zeros(2, 3, 4, 4, device="meta"))
+    monkeypatch.setattr(A, "_FORCE_SYNC_FREE", True)
+    assert A._sync_free(x) and not A._sync_free(x, False)
+    assert A._batch_slices(torch.zeros(10**4, 3, 4, 4)) == [slice(0, 10**4)]  # hue in one slice
+
+
+@pytest.mark.parametrize("recipe", ["simclr", "byol", "multicrop"])
+def test_dense_path_makes_the_views_without_host_synchronisation(recipe):
+    x = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    aug = build_augment(recipe, backend="torch", mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3])
+    views = _views(aug, x, 3, dense=True)
+    assert len(views) == aug.num_views and all(torch.isfinite(v).all() for v in views)
+
+
+def test_affine_jitter_identity_coefficients_are_exact():
+    for c in (1, 3):
+        x = rand_images(b=8, c=c, seed=11)
+        x[0], x[1, :, :2] = 0.0, 1.0
+        y = x.clone()
+        A._affine_jitter_(y, torch.ones(8), torch.zeros(8), torch.zeros(8))
+        assert torch.equal(y, x)
+    p = A.sample_view_params(64, 8, 8, ViewConfig(), torch.Generator().manual_seed(2))
+    f, a, m = A.jitter_coefficients(p, [True] * 4)
+    hue_slot = p["order"] == A.JITTER_OPS.index("hue")
+    assert (f[hue_slot] == 1).all() and (a[hue_slot] == 0).all() and (m[hue_slot] == 0).all()
+
+
+def test_hue_offsets_made_on_the_device_equal_the_constants():
+    shift = torch.tensor([0.0, 0.1, -0.37, 2.25])
+    expected = torch.remainder(6.0 * (shift - torch.round(shift))[:, None] + torch.tensor(A._HUE_OFFSETS),
+                               6.0) - 5.0
+    assert torch.equal(A._hue_sigma(shift, torch.float32), expected)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("order", ["random", "fixed"])
+@pytest.mark.parametrize("jitter_p", [0.0, 0.6, 1.0])
+@pytest.mark.parametrize("strengths", [(0.4, 0.4, 0.4, 0.1), (0.8, 0.0, 0.5, 0.0), (0.0, 0.0, 0.0, 0.3),
+                                       (0.0, 0.0, 0.0, 0.0), (0.0, 0.6, 0.0, 0.5)])
+def test_dense_color_jitter_equals_the_cpu_path(channels, order, jitter_p, strengths):
+    x = rand_images(b=48, c=channels, seed=4)
+    b, c, s, h = strengths
+    cfg = ViewConfig(brightness=b, contrast=c, saturation=s, hue=h, jitter_p=jitter_p, jitter_order=order)
+    p = A.sample_view_params(48, 12, 10, cfg, torch.Generator().manual_seed(9))
+    expected = A.color_jitter(x, p, cfg, sync_free=False)
+    with no_host_sync():
+        got = A.color_jitter(x, p, cfg, sync_free=True)
+        y = x.clone()
+        in_place = A.color_jitter(y, p, cfg, inplace=True, sync_free=True)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert torch.equal(in_place, got) and (in_place.data_ptr() == y.data_ptr() or not any(A.jitter_active(cfg, channels)))
+    assert torch.equal(x, rand_images(b=48, c=channels, seed=4))  # not inplace: input kept
+
+
+_VARIANTS = {
+    "recipe": {},
+    "no_jitter": {"jitter_p": 0.0},
+    "grayscale_only": {"jitter_p": 0.0, "grayscale_p": 0.5, "blur_p": 0.0, "solarize_p": 0.0},
+    "fixed_order": {"jitter_order": "fixed", "jitter_p": 1.0},
+    "zero_strengths": {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "jitter_p": 1.0},
+    "hue_only": {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.5, "jitter_p": 1.0,
+                 "grayscale_p": 0.0},
+}
+
+
+@pytest.mark.parametrize("recipe", ["simclr", "byol", "multicrop"])
+@pytest.mark.parametrize("variant", list(_VARIANTS))
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("normalised", [False, True])
+def test_dense_views_equal_the_cpu_path_views(recipe, variant, channels, normalised):
+    x = torch.randint(0, 256, (24, channels, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    stats = {"mean": [0.5, 0.45, 0.4][:channels], "std": [0.25, 0.2, 0.3][:channels]} if normalised else {}
+    aug = build_augment(recipe, backend="torch", **_VARIANTS[variant], **stats)
+    expected = _views(aug, x, 13, dense=False)
+    got = _views(aug, x, 13, dense=True)
+    atol = 1e-6 / (min(stats["std"]) if normalised else 1.0)
+    assert len(got) == len(expected) == aug.num_views
+    for u, v in zip(got, expected, strict=True):
+        torch.testing.assert_close(u, v, atol=atol, rtol=0)
+    plain = _views(build_augment(recipe, backend="torch", **stats, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0,
+                                 solarize_p=0.0), x, 13, dense=False)
+    # not vacuous: the colour/blur/solarise ops changed pixels, except where none can act on 1 channel
+    idle = channels == 1 and (variant == "grayscale_only" or (recipe == "simclr" and variant not in ("recipe", "fixed_order")))
+    assert any(not torch.allclose(u, v, atol=1e-3) for u, v in zip(got, plain, strict=True)) != idle
+
+
+def test_channel_constants_are_filled_per_channel():
+    x = torch.zeros(2, 3, 4, 4)
+    for values in ([0.1, 0.2, 0.3], (0.1, 0.2, 0.3), np.array([0.1, 0.2, 0.3]), torch.tensor([0.1, 0.2, 0.3])):
+        assert torch.equal(A._channel_constants(values, x), torch.tensor([0.1, 0.2, 0.3]).reshape(1, 3, 1, 1))
+    with pytest.raises(InputError, match="3 channels"):
+        A.apply_view(x, A.sample_view_params(2, 4, 4, ViewConfig()), ViewConfig(), [0.5, 0.5], [0.2, 0.2],
+                     sync_free=True)
+
+
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
+                           reason="needs a CUDA device (the sync-free path is the default there)")
+
+
+@_CUDA
+@pytest.mark.parametrize("recipe", ["simclr", "byol", "multicrop"])
+def test_cuda_views_make_no_synchronising_call(recipe):
+    x = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, device="cuda")
+    aug = build_augment(recipe, mean=[0.5, 0.45, 0.4], std=[0.25, 0.2, 0.3])
+    assert aug.backend == "auto" and not A.use_native(aug.backend, x)
+    aug(x, torch.Generator(device="cuda").manual_seed(0))  # warm-up: lazy initialisation may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        views = aug(x, torch.Generator(device="cuda").manual_seed(1))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(views) == aug.num_views and all(v.is_cuda for v in views)
+
+
+@_CUDA
+@pytest.mark.parametrize("recipe", ["simclr", "byol", "multicrop"])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_cuda_views_equal_cpu_views_from_the_same_parameters(recipe, channels):
+    x = torch.randint(0, 256, (64, channels, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = [0.5, 0.45, 0.4][:channels], [0.25, 0.2, 0.3][:channels]
+    gen = torch.Generator().manual_seed(4)
+    for group in build_augment(recipe).groups:
+        p = A.sample_view_params(64, 32, 32, group.config, gen)
+        p_cuda = {k: v.cuda() for k, v in p.items()}
+        for m, s, atol in ((None, None, 1e-5), (mean, std, 1e-5 / min(std))):
+            cpu = A.apply_view(x, p, group.config, m, s)
+            cuda = A.apply_view(x.cuda(), p_cuda, group.config, m, s)
+            torch.testing.assert_close(cuda.cpu(), cpu, atol=atol, rtol=0)

@@ -24,6 +24,13 @@ Semantics follow torchvision's tensor transforms (v0.15+) unless stated:
 * solarise ``x ↦ 1 − x where x ≥ threshold`` (threshold 0.5 on [0, 1], BYOL);
 * normalise ``(x − mean) / std`` per channel.
 
+Two execution paths compute the same views (to float rounding). On the CPU, :func:`color_jitter`
+and :func:`apply_view` work on the selected images only (``torch.nonzero``, index copies, host
+reads of counts) and hue runs in cache-sized slices. Off the CPU (see :func:`_sync_free`) they
+take a *sync-free* path: every op runs on the whole batch and per-image choices are selections
+(``torch.where``) or identity coefficients, so no value is read back to the host and a training
+step never waits for the accelerator; only the config (known on the host) skips work.
+
 Recipe defaults (documented with sources in ``docs/data.md``): ``simclr`` — SimCLR (Chen et al.
 2020, App. A/B.9) CIFAR setting: crop scale (0.08, 1), flip 0.5, jitter p 0.8 with strength
 s = 0.5 (0.4, 0.4, 0.4, 0.1), grayscale 0.2, no blur; ``byol`` — BYOL (Grill et al. 2020, Table 6):
@@ -80,6 +87,25 @@ def _check_generator(generator: torch.Generator | None, device: torch.device) ->
     if generator is not None and torch.device(generator.device).type != device.type:
         raise InputError(f"generator lives on {generator.device} but the images on {device}; create it "
                          f"with torch.Generator(device={str(device)!r}).manual_seed(seed)")
+
+
+# set True (tests) to take the sync-free path for CPU tensors too
+_FORCE_SYNC_FREE = False
+
+
+def _sync_free(x: torch.Tensor, override: bool | None = None) -> bool:
+    """Whether ops on ``x`` take the sync-free path: ``override`` if given, else for tensors off
+    the CPU (or everywhere while ``_FORCE_SYNC_FREE`` is set). That path never reads a tensor's
+    value on the host (no ``nonzero``, ``.any()`` tests, ``.tolist()``, host-made constants),
+    which on a GPU would make the CPU wait for the device; it computes on the whole batch instead."""
+    if override is not None:
+        return override
+    return _FORCE_SYNC_FREE or x.device.type != "cpu"
+
+
+def _per_image(mask: torch.Tensor) -> torch.Tensor:
+    """A per-image bool (B,) as (B, 1, 1, 1), to select whole images with ``torch.where``."""
+    return mask.reshape(-1, 1, 1, 1)
 
 
 def _rand(shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -230,6 +256,10 @@ _HUE_OFFSETS = (5.0, 3.0, 1.0)
 
 
 def _batch_slices(x: torch.Tensor) -> list[slice]:
+    """Slices of the batch for hue's passes: cache-sized on the CPU, one slice (the whole
+    batch: few, large kernels) on the sync-free path."""
+    if _sync_free(x):
+        return [slice(0, x.shape[0])]
     step = max(1, _CACHE_BLOCK_ELEMENTS // max(1, x[0].numel()))
     return [slice(i, i + step) for i in range(0, x.shape[0], step)]
 
@@ -238,7 +268,9 @@ def _hue_sigma(shift: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, 3) per-image, per-channel offsets sigma_n ≡ 6·shift + n − 5 (mod 6) in [−5, 1)."""
     turns = shift.to(dtype)
     turns = turns - torch.round(turns)  # exact; keeps 6·shift small and precise
-    offsets = torch.tensor(_HUE_OFFSETS, dtype=dtype, device=shift.device)
+    # (5, 3, 1) made on the device: torch.tensor(_HUE_OFFSETS, device=...) is a host→device
+    # copy, which synchronises with a GPU
+    offsets = torch.arange(len(_HUE_OFFSETS), dtype=dtype, device=shift.device).mul_(-2.0).add_(5.0)
     return torch.remainder(6.0 * turns[:, None] + offsets, 6.0).sub_(5.0)
 
 
@@ -476,7 +508,7 @@ def jitter_coefficients(params: Mapping[str, torch.Tensor],
 
 
 def color_jitter(x: torch.Tensor, params: Mapping[str, torch.Tensor], config: ViewConfig,
-                 inplace: bool = False) -> torch.Tensor:
+                 inplace: bool = False, sync_free: bool | None = None) -> torch.Tensor:
     """Apply brightness/contrast/saturation/hue to the images with ``params["jitter"]`` set, each
     image in its own ``params["order"]``; an operation whose strength is 0 is skipped.
 
@@ -488,9 +520,16 @@ def color_jitter(x: torch.Tensor, params: Mapping[str, torch.Tensor], config: Vi
     the one or two runs around the hue run. So each slot costs at most three calls whatever the
     orders; the batch is scattered back at the end. ``inplace=True`` writes the result into
     ``x`` (which must not be needed afterwards). Strength 0 draws the factor 1, the identity.
+
+    ``sync_free`` (default: off the CPU, see :func:`_sync_free`) runs
+    :func:`_color_jitter_dense` instead, which gives the same result without host reads.
     """
     active = jitter_active(config, x.shape[1])
-    if not any(active) or not bool(params["jitter"].any()):
+    if not any(active):
+        return x
+    if _sync_free(x, sync_free):
+        return _color_jitter_dense(x, params, active, inplace)
+    if not bool(params["jitter"].any()):
         return x
     chosen = torch.nonzero(params["jitter"]).squeeze(1)
     hue = JITTER_OPS.index("hue")
@@ -514,28 +553,90 @@ def color_jitter(x: torch.Tensor, params: Mapping[str, torch.Tensor], config: Vi
     return out.index_copy_(0, chosen, xs)
 
 
+def _color_jitter_dense(x: torch.Tensor, params: Mapping[str, torch.Tensor], active: Sequence[bool],
+                        inplace: bool = False) -> torch.Tensor:
+    """:func:`color_jitter` without host synchronisation: every slot runs on the whole batch.
+
+    At slot k the affine form (brightness/contrast/saturation) runs on all images with per-image
+    coefficients that are the identity (f, a, c) = (1, 0, 0) where the image is not jittered or
+    its slot k holds hue (``clamp(1·x + 0·gray + 0·mean) = x`` exactly on [0, 1]); then hue
+    rotates the whole batch in one slice and ``torch.where`` keeps the rotation only for the
+    jittered images whose slot k is hue. Nothing depends on a count read back from the device,
+    at the price of computing every op for every image (up to 4 hue passes instead of 1).
+    ``active``: :func:`jitter_active` (ops whose strength is 0 are skipped, as on the CPU path).
+    """
+    jittered = params["jitter"][:, None]
+    f, gray_coef, mean_coef = jitter_coefficients(params, active)
+    f = torch.where(jittered, f, 1.0)
+    gray_coef = torch.where(jittered, gray_coef, 0.0)
+    mean_coef = torch.where(jittered, mean_coef, 0.0)
+    hue = JITTER_OPS.index("hue")
+    out = x if inplace else x.clone()
+    if active[hue]:
+        hue_at = (params["order"] == hue) & jittered  # (B, 4): this image's hue runs at slot k
+        sigma = _hue_sigma(params["hue"], x.dtype)
+        rotated = torch.empty_like(out)
+    for slot in range(4):
+        if any(active[:3]):
+            _affine_jitter_(out, f[:, slot], gray_coef[:, slot], mean_coef[:, slot])
+        if active[hue]:
+            _hue_into(out, sigma, rotated)
+            torch.where(_per_image(hue_at[:, slot]), rotated, out, out=out)
+    return out
+
+
+def _channel_constants(values: Sequence[float] | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-channel ``values`` as a (1, C, 1, 1) tensor like ``x``, filled on its device: no
+    host→device copy (which synchronises with a GPU) for Python numbers."""
+    if isinstance(values, torch.Tensor):
+        return values.to(device=x.device, dtype=x.dtype).reshape(1, -1, 1, 1)
+    flat = [float(v) for v in values]
+    out = x.new_empty((1, len(flat), 1, 1))
+    for i, v in enumerate(flat):
+        out[:, i].fill_(v)
+    return out
+
+
 def apply_view(images: torch.Tensor, params: Mapping[str, torch.Tensor], config: ViewConfig,
-               mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> torch.Tensor:
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+               sync_free: bool | None = None) -> torch.Tensor:
     """Make one view from ``images`` (uint8 or float, (B, C, H, W)) with drawn ``params``.
 
     Order (as the published recipes): resized crop + flip, colour jitter, grayscale, blur,
     solarise, normalise (if ``mean``/``std`` given). Returns float32 (B, C, h, w).
+
+    ``sync_free`` (default: off the CPU, see :func:`_sync_free`): the path with no host
+    synchronisation — dense colour jitter (:func:`_color_jitter_dense`), grayscale and blur
+    computed for the whole batch and selected per image with ``torch.where``, normalisation
+    constants filled on the device. Same views as the CPU path, which touches only the selected
+    images.
     """
     x = to_float_images(images)
+    dense = _sync_free(x, sync_free)
     out_h, out_w = config.output_size(*x.shape[-2:])
     x = resized_crop(x, params["boxes"], (out_h, out_w), flip=params["flip"])
-    x = color_jitter(x, params, config, inplace=True)  # x is the crop's fresh output
-    if config.grayscale_p > 0 and x.shape[1] == 3 and bool(params["grayscale"].any()):
-        idx = torch.nonzero(params["grayscale"]).squeeze(1)
-        x.index_copy_(0, idx, rgb_to_grayscale(x.index_select(0, idx)).expand(-1, 3, -1, -1))
-    if config.blur_p > 0 and bool(params["blur"].any()):
-        idx = torch.nonzero(params["blur"]).squeeze(1)
-        x[idx] = gaussian_blur(x[idx], params["sigma"][idx], config.kernel_size(out_h, out_w))
+    x = color_jitter(x, params, config, inplace=True, sync_free=dense)  # x: the crop's fresh output
+    if dense:  # whole batch, then select per image (exact): no host reads
+        if config.grayscale_p > 0 and x.shape[1] == 3:
+            torch.where(_per_image(params["grayscale"]), rgb_to_grayscale(x), x, out=x)
+        if config.blur_p > 0:
+            blurred = gaussian_blur(x, params["sigma"], config.kernel_size(out_h, out_w))
+            torch.where(_per_image(params["blur"]), blurred, x, out=x)
+    else:  # only the selected images
+        if config.grayscale_p > 0 and x.shape[1] == 3 and bool(params["grayscale"].any()):
+            idx = torch.nonzero(params["grayscale"]).squeeze(1)
+            x.index_copy_(0, idx, rgb_to_grayscale(x.index_select(0, idx)).expand(-1, 3, -1, -1))
+        if config.blur_p > 0 and bool(params["blur"].any()):
+            idx = torch.nonzero(params["blur"]).squeeze(1)
+            x[idx] = gaussian_blur(x[idx], params["sigma"][idx], config.kernel_size(out_h, out_w))
     if config.solarize_p > 0:
         x = solarize(x, params["solarize"], config.solarize_threshold)
     if mean is not None and std is not None:
-        m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
-        sd = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+        if dense:
+            m, sd = _channel_constants(mean, x), _channel_constants(std, x)
+        else:
+            m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+            sd = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
         if m.shape[1] != x.shape[1] or sd.shape[1] != x.shape[1]:
             raise InputError(f"normalize: mean/std have {m.shape[1]}/{sd.shape[1]} values for {x.shape[1]} channels")
         x = x.sub_(m).div_(sd)  # x is a fresh tensor made by the crop: safe in place
