@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
 ArrayLike = Any  # torch.Tensor | np.ndarray | nested sequences
+
+_value_checks = [True]
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Turn the checks that read tensor *values* (NaN/Inf in loss inputs, equal shapes on every
+    rank) on or off inside the block; shape and type checks always run.
+
+    Reading a value is a host synchronisation on a GPU: the trainer's step runs with these checks
+    off and finds a non-finite loss itself, from values it reads back every ``log.every`` steps.
+    """
+    previous = _value_checks[0]
+    _value_checks[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _value_checks[0] = previous
+
+
+def value_checks_enabled() -> bool:
+    """Whether checks that read tensor values run here (off inside ``value_checks(False)``)."""
+    return _value_checks[0]
 
 
 class InputError(ValueError):

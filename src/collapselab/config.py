@@ -26,6 +26,8 @@ from collapselab.methods import MethodConfig, method_class
 DEFAULT_METHOD = "byol"
 DEFAULT_DATASET = "digits"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+SWITCHES = ("auto", "on", "off")
+LR_SCALINGS = ("linear", "sqrt", "none")
 MONITOR_POLICIES = ("warn", "stop")
 
 
@@ -62,8 +64,10 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """``lr`` is the base rate for a global batch of 256 when ``lr_scaling=linear`` (Goyal et al.
-    2017): the rate used is lr × global_batch / 256. Warm-up then cosine decay to ``min_lr_ratio``
+    """``lr`` is the base rate for a global batch of 256: the rate used is lr × global_batch / 256
+    with ``lr_scaling=linear`` (Goyal et al. 2017), lr × √(global_batch / 256) with ``sqrt``
+    (Krizhevsky 2014; SimCLR's LARS rate 0.075·√B, Chen et al. 2020, App. B.1), lr with ``none``.
+    Warm-up then cosine decay to ``min_lr_ratio``
     × lr. BN and bias parameters get no weight decay (and no LARS adaptation) when
     ``exclude_bias_and_norm``. ``grad_clip``: max global gradient norm (null = off). ``eta``:
     LARS trust coefficient; 0.02 as solo-learn's CIFAR recipes (the 0.001 of You et al. 2017 and
@@ -85,15 +89,29 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     """``device``: auto (CUDA if available) | cpu | cuda | cuda:N. ``amp``: auto (bf16 on CUDA,
-    off on CPU) | bf16 | fp16 | off. ``threads``: torch intra-op threads (null = torch's default).
+    off on CPU) | bf16 | fp16 (CUDA only) | off.
+
+    The fast path (docs/performance.md): ``channels_last``: auto (on for CUDA) | on | off —
+    NHWC memory layout for the backbone and the views (faster convolutions on tensor cores).
+    ``compile``: auto | on | off — ``torch.compile`` the backbone(s); auto compiles on CUDA when
+    the run has at least 5,000 steps (compiling takes about a minute, the gain is a few percent)
+    and falls back to eager with a warning if compiling fails; the compile time is reported.
+
+    ``threads``: the most torch intra-op threads on the CPU (null = all the CPUs this process
+    may use). ``adapt_threads``: on the CPU, use fewer threads while other processes keep
+    cores busy and return to ``threads`` when they stop (a run on a quiet machine never changes
+    its thread count; see :mod:`collapselab.engine.threads`); false keeps ``threads`` fixed.
     ``max_steps_per_epoch``: cut epochs short (smoke tests). ``deterministic``: deterministic
-    kernels (slower on GPU)."""
+    kernels (slower on GPU) and a fixed thread count."""
 
     epochs: int = 100
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
+    channels_last: Any = "auto"
+    compile: Any = "auto"
     threads: int | None = None
+    adapt_threads: bool = True
     max_steps_per_epoch: int | None = None
     deterministic: bool = False
 
@@ -118,12 +136,16 @@ class MonitorConfig:
 @dataclass
 class EvalConfig:
     """Online kNN every ``knn_every`` epochs (0 = off) on the held-out split, cosine kNN with
-    ``knn_k`` neighbours and vote temperature ``knn_temperature`` (science.md §6). ``final``: at
-    the end, kNN of the trained backbone beside raw pixels and the untrained backbone."""
+    ``knn_k`` neighbours and vote temperature ``knn_temperature`` (Wu et al. 2018). Its memory
+    bank is a fixed random subset of ``knn_bank`` training images (null = all), so that it
+    costs a few percent of an epoch; the final evaluation always uses the whole training split.
+    ``final``: at the end, kNN of the trained backbone beside raw pixels and the untrained
+    backbone."""
 
     knn_every: int = 1
     knn_k: int = 20
     knn_temperature: float = 0.1
+    knn_bank: int | None = 10000
     final: bool = True
 
 
@@ -412,6 +434,20 @@ def _positive(value: float, key: str, allow_zero: bool = False) -> None:
         raise InputError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def switch(value: Any, key: str) -> str:
+    """A three-way switch as ``auto``, ``on`` or ``off`` (YAML reads on/off as booleans)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).strip().lower()
+    aliases = {"true": "on", "false": "off", "yes": "on", "no": "off", "1": "on", "0": "off"}
+    text = aliases.get(text, text)
+    if text not in SWITCHES:
+        near = difflib.get_close_matches(text, SWITCHES, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise InputError(f"{key} must be auto, on or off, got {value!r}{hint}")
+    return text
+
+
 def validate(config: Config) -> None:
     """Check values that no type can: ranges, names, combinations. Raises :class:`InputError`."""
     from collapselab.engine.optim import OPTIMIZERS
@@ -425,8 +461,8 @@ def validate(config: Config) -> None:
         near = difflib.get_close_matches(o.name, OPTIMIZERS, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise InputError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {o.name!r}{hint}")
-    if o.lr_scaling not in ("linear", "none"):
-        raise InputError(f"optim.lr_scaling must be 'linear' or 'none', got {o.lr_scaling!r}")
+    if o.lr_scaling not in LR_SCALINGS:
+        raise InputError(f"optim.lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {o.lr_scaling!r}")
     if not 0.0 <= o.momentum < 1.0:
         raise InputError(f"optim.momentum must be in [0, 1), got {o.momentum}")
     if not 0.0 <= o.min_lr_ratio <= 1.0:
@@ -437,6 +473,8 @@ def validate(config: Config) -> None:
         raise InputError(f"train.epochs must be >= 1, got {t.epochs}")
     if t.amp not in AMP_MODES:
         raise InputError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {t.amp!r}")
+    t.channels_last = switch(t.channels_last, "train.channels_last")
+    t.compile = switch(t.compile, "train.compile")
     if t.threads is not None and t.threads < 1:
         raise InputError(f"train.threads must be >= 1 or null, got {t.threads}")
     if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
@@ -453,6 +491,8 @@ def validate(config: Config) -> None:
     if e.knn_k < 1:
         raise InputError(f"eval.knn_k must be >= 1, got {e.knn_k}")
     _positive(e.knn_temperature, "eval.knn_temperature")
+    if e.knn_bank is not None and e.knn_bank < e.knn_k:
+        raise InputError(f"eval.knn_bank must be >= eval.knn_k ({e.knn_k}) or null (all images), got {e.knn_bank}")
     _positive(config.checkpoint.every, "checkpoint.every", allow_zero=True)
     if config.log.every < 1:
         raise InputError(f"log.every must be >= 1, got {config.log.every}")

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 
-from collapselab._validation import InputError
+from collapselab._validation import InputError, value_checks_enabled
 
 __all__ = [
     "all_reduce",
@@ -248,11 +248,14 @@ def gather(x: torch.Tensor, check_shapes: bool = True) -> torch.Tensor:
       same order; a rank that skips a loss blocks the others until the timeout.
     * ``all_gather`` needs equal shapes on every rank; with ``check_shapes`` (default) a
       mismatch raises :class:`~collapselab._validation.InputError` instead of hanging or
-      mixing rows. Use equal per-rank batches (``drop_last=True``).
+      mixing rows. Use equal per-rank batches (``drop_last=True``). The check is one more
+      collective and a host synchronisation; it is skipped inside
+      ``collapselab._validation.value_checks(False)`` (the trainer's step, whose loader gives
+      every rank equal batches by construction).
     """
     if not is_distributed():
         return x
-    if check_shapes:
+    if check_shapes and value_checks_enabled():
         _check_same_shape_everywhere(x, "gather")
     return _Gather.apply(x)
 

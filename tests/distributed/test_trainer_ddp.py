@@ -55,9 +55,12 @@ CPU_SYNC_BN_REFUSALS = (
 
 
 def fixed_views() -> list[torch.Tensor]:
-    """Two fixed views of the full batch, the same on every process (no augmentation)."""
+    """Two fixed views of the full batch, the same on every process (no augmentation), in float64:
+    the step checks compare a sum split over 2 ranks with the unsplit sum, and in float32 their
+    rounding differs by ~1e-5 depending on the thread count (seen on a 16-core machine), which
+    would hide a real error of that size. In float64 the rounding is ~1e-14."""
     g = torch.Generator().manual_seed(0)
-    return [torch.randn(WORLD * N, 1, 8, 8, generator=g) for _ in range(2)]
+    return [torch.randn(WORLD * N, 1, 8, 8, generator=g, dtype=torch.float64) for _ in range(2)]
 
 
 def build(name: str, bn: bool) -> nn.Module:
@@ -73,7 +76,7 @@ def build(name: str, bn: bool) -> nn.Module:
         if name == "byol":
             config.predictor = "linear"
     backbone = build_backbone("small_cnn", in_channels=1, width=8, bn=bn)
-    return build_method(config, backbone)
+    return build_method(config, backbone).to(torch.float64)
 
 
 def sgd_step(model: nn.Module, method: nn.Module, views: Sequence[torch.Tensor]) -> dict:
@@ -239,8 +242,8 @@ def assert_close_states(got: dict, expected: dict, what: str) -> None:
         torch.testing.assert_close(
             got[key].double(),
             value.double(),
-            atol=1e-5,
-            rtol=1e-5,
+            atol=1e-10,
+            rtol=1e-10,
             msg=lambda m, key=key: f"{what}, {key}: {m}",
         )
 

@@ -11,8 +11,9 @@ import torch
 
 import collapselab
 from collapselab._validation import InputError
-from collapselab.config import available_recipes, load_config
+from collapselab.config import available_recipes, load_config, recipe_dir
 from collapselab.data import native
+from collapselab.engine.trainer import lr_scale
 from collapselab.methods import METHODS
 
 torch.set_num_threads(1)
@@ -51,17 +52,21 @@ def test_digits_recipe_trains_two_steps_and_writes_the_run(tmp_path: Path, metho
     assert (run.dir / "checkpoints" / "last.pt").is_file() and (run.dir / "config.yaml").is_file()
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
 @pytest.mark.parametrize("backend", ["auto", "torch"])
-def test_the_run_records_which_augmentation_backend_made_its_views(tmp_path: Path, backend: str) -> None:
+def test_the_run_records_which_augmentation_backend_made_its_views(tmp_path: Path, backend: str,
+                                                                   device: str) -> None:
     run = collapselab.train(
         "simclr", "digits", run={"name": "r", "out_dir": str(tmp_path)},
-        train={"epochs": 1, "threads": 1, "max_steps_per_epoch": 1},
+        train={"epochs": 1, "threads": 1, "max_steps_per_epoch": 1, "device": device},
         data={"batch_size": 32, "augment_backend": backend},
         model={"backbone_args": {"width": 8}}, log={"progress": False},
         eval={"final": False, "knn_every": 0}, monitor={"probe_size": 32},
     )
     summary = json.loads((run.dir / "summary.json").read_text())
-    expected = "native" if backend == "auto" and native.available() else "torch"
+    # auto: the native kernel makes CPU batches (when it builds); CUDA batches use the torch ops
+    expected = "native" if backend == "auto" and device == "cpu" and native.available() else "torch"
     assert summary["augment"] == {"recipe": "simclr", "backend": expected}
 
 
@@ -70,3 +75,40 @@ def test_an_unknown_augmentation_backend_is_refused_with_a_suggestion(tmp_path: 
         collapselab.train("simclr", "digits", run={"name": "r", "out_dir": str(tmp_path)},
                           train={"epochs": 1, "max_steps_per_epoch": 1}, data={"augment_backend": "torhc"},
                           log={"progress": False})
+
+
+# --------------------------------------------------------------------------- batch-1024 variants
+
+BATCH1024 = sorted(p.stem for p in (recipe_dir() / "batch1024").glob("*.yaml"))
+
+
+def test_every_cifar10_recipe_has_a_batch_1024_variant() -> None:
+    assert BATCH1024 == sorted(r for r in available_recipes() if r.endswith("_cifar10"))
+
+
+@pytest.mark.parametrize("recipe", available_recipes())
+def test_every_recipe_states_its_lr_scaling(recipe: str) -> None:
+    text = (recipe_dir() / f"{recipe}.yaml").read_text()
+    assert "lr_scaling:" in text, f"{recipe}.yaml does not say how its learning rate scales with the batch"
+
+
+@pytest.mark.parametrize("variant", BATCH1024)
+def test_batch_1024_variant_layers_over_its_recipe(variant: str) -> None:
+    method, dataset = split(variant)
+    base = load_config(method, dataset)
+    big = load_config(method, dataset, config_file=recipe_dir() / "batch1024" / f"{variant}.yaml")
+    assert big.data.batch_size == 1024 and base.data.batch_size == 256
+    assert big.optim.lr == base.optim.lr  # the base rate is per 256 images; the scaling rule does the rest
+    rate = lambda c: c.optim.lr * lr_scale(c.optim.lr_scaling, c.data.batch_size)  # noqa: E731
+    factor = rate(big) / rate(base)
+    assert factor == pytest.approx(4.0 if big.optim.lr_scaling == "linear" else 2.0)
+    base_ema = getattr(base.method, "ema", None)
+    if isinstance(base_ema, float):  # EMA scaling rule (Busbridge et al. 2023): rho -> rho^4
+        assert big.method.ema == pytest.approx(base_ema**4, abs=1e-3)
+
+
+def test_lr_scaling_rules() -> None:
+    assert lr_scale("linear", 1024) == 4.0 and lr_scale("sqrt", 1024) == 2.0 and lr_scale("none", 1024) == 1.0
+    assert lr_scale("linear", 256) == lr_scale("sqrt", 256) == 1.0
+    with pytest.raises(InputError, match=r"optim\.lr_scaling"):
+        load_config("byol", "digits", optim={"lr_scaling": "quadratic"})

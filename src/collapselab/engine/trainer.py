@@ -25,16 +25,27 @@ from torch import nn
 from tqdm import tqdm
 
 from collapselab import distributed
-from collapselab._validation import InputError
+from collapselab._device import resolve_device as _resolve_device
+from collapselab._validation import InputError, value_checks
 from collapselab.config import Config, config_from_dict, load_config, to_dict, to_yaml
 from collapselab.data import DeviceLoader, build_augment, get_dataset
 from collapselab.data.augment import channel_stats, normalize, to_float_images, use_native
 from collapselab.diagnostics import CollapseMonitor
 from collapselab.diagnostics.monitor import Alarm
 from collapselab.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from collapselab.engine.fastpath import (
+    CompiledNetworks,
+    compile_decision,
+    compile_failed_warning,
+    compile_targets,
+    to_channels_last,
+    use_channels_last,
+)
 from collapselab.engine.logging import RunLogger, format_epoch_line, progress_bar, read_metrics
 from collapselab.engine.optim import build_optimizer
+from collapselab.engine.readback import StepValues, first_nonfinite
 from collapselab.engine.schedules import warmup_cosine
+from collapselab.engine.threads import ThreadGovernor, available_cpus
 from collapselab.evaluation.features import extract_features
 from collapselab.evaluation.knn import knn_accuracy
 from collapselab.methods import SSLMethod, build_method, method_class
@@ -71,27 +82,34 @@ class Run:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → the local CUDA device when available, else CPU; checks named devices exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", distributed.get_local_rank() if distributed.is_distributed() else torch.cuda.current_device())
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise InputError(f"train.device: {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu")
-    return device
+    """``train.device``: ``auto`` → this process's CUDA device when there is one, else the CPU;
+    ``cuda`` → ``cuda:K`` (K = ``LOCAL_RANK`` under torchrun, else the current device); one-line
+    errors for devices this machine lacks (:func:`collapselab._device.resolve_device`)."""
+    return _resolve_device(name, "train.device")
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.amp`` on ``device`` (None = full precision)."""
+    """The autocast dtype for ``train.amp`` on ``device`` (None = full precision).
+
+    fp16 needs CUDA (its loss scaler and fast kernels exist there only; on the CPU it runs
+    5-150× slower), so it is refused elsewhere."""
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return None
     if mode in ("auto", "bf16"):
         return torch.bfloat16
+    if device.type != "cuda":
+        raise InputError(f"train.amp=fp16 needs CUDA (this run is on {device}); use train.amp=bf16 or off")
     return torch.float16
+
+
+def lr_scale(rule: str, global_batch: int) -> float:
+    """The factor ``optim.lr`` is multiplied by for a global batch (``optim.lr_scaling``):
+    B/256 (linear, Goyal et al. 2017), √(B/256) (sqrt), or 1 (none)."""
+    if rule == "linear":
+        return global_batch / 256
+    if rule == "sqrt":
+        return math.sqrt(global_batch / 256)
+    return 1.0
 
 
 def build_backbone_for(config: Config, channels: int, height: int, width: int) -> nn.Module:
@@ -165,10 +183,12 @@ class Trainer:
             self.run_dir = self.run_dir.parent / shared[0]
             self.checkpoint_dir = self.run_dir / "checkpoints"
         self.device = resolve_device(c.train.device)
+        self.amp = amp_dtype(c.train.amp, self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        if c.train.threads is not None:
-            torch.set_num_threads(c.train.threads)
+            # fixed shapes every step: let cuDNN pick the fastest convolution algorithms
+            torch.backends.cudnn.benchmark = not c.train.deterministic
+        self._setup_threads()
         if c.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(c.train.seed)
@@ -215,19 +235,24 @@ class Trainer:
                 raise InputError("distributed.sync_bn=true needs CUDA: torch's SyncBatchNorm refuses CPU "
                                  "modules; set distributed.sync_bn=false on CPU")
             self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        self.channels_last = use_channels_last(c.train.channels_last, self.device, self.method.backbone)
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        compile_now, self.compile_reason = compile_decision(c.train.compile, self.device, self.total_steps)
+        self.compiled = CompiledNetworks(compile_targets(self.method)) if compile_now else None
+        self.compile_time_s: float | None = None
         self.model: nn.Module = self.method
         if self.is_distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
         global_batch = c.data.batch_size * self.world
-        self.base_lr = c.optim.lr * (global_batch / 256 if c.optim.lr_scaling == "linear" else 1.0)
+        self.base_lr = c.optim.lr * lr_scale(c.optim.lr_scaling, global_batch)
         self.optimizer = build_optimizer(
             c.optim.name, self.method, lr=self.base_lr, weight_decay=c.optim.weight_decay,
             momentum=c.optim.momentum, betas=tuple(c.optim.betas), eta=c.optim.eta,
             exclude_bias_and_norm=c.optim.exclude_bias_and_norm,
         )
         self.warmup_steps = min(self.total_steps, round(c.optim.warmup_epochs * self.steps_per_epoch))
-        self.amp = amp_dtype(c.train.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
 
         probe_g = torch.Generator().manual_seed(c.train.seed)
@@ -236,6 +261,12 @@ class Trainer:
         self.probe_images = self.train_set.images[probe_idx]
         self.probe_labels = self.train_set.labels[probe_idx.to(self.train_set.labels.device)]
         self.last_probe: dict[str, torch.Tensor] = {}
+        self.knn_bank = None
+        if c.eval.knn_bank is not None and c.eval.knn_bank < n_train:
+            bank_g = torch.Generator().manual_seed(c.train.seed + 1)
+            self.knn_bank = torch.randperm(n_train, generator=bank_g)[:c.eval.knn_bank].sort().values
+        self.values = StepValues()
+        self.epoch_losses: list[float] = []
         self.monitor = CollapseMonitor(
             every=max(c.monitor.every, 1),
             warmup_steps=round(c.monitor.warmup_epochs * self.steps_per_epoch),
@@ -253,6 +284,27 @@ class Trainer:
             # lines at the checkpoint's own step were written before it was saved: keep them
             resume_step=self.global_step + 1 if self.resume else None, config=to_dict(c),
         )
+
+    def _setup_threads(self) -> None:
+        """torch's CPU threads: ``train.threads`` (default: the CPUs this process may use), lowered
+        while other processes keep cores busy when ``train.adapt_threads`` (CPU runs only)."""
+        c = self.config
+        cpus = available_cpus()
+        self.max_threads = c.train.threads or max(1, min(torch.get_num_threads(), cpus))
+        torch.set_num_threads(self.max_threads)
+        adapt = c.train.adapt_threads and not c.train.deterministic and self.device.type == "cpu"
+        self.governor = ThreadGovernor(self.max_threads, enabled=adapt) if adapt else None
+        if self.governor is not None:
+            self.governor.start()
+
+    def _poll_threads(self, force: bool = False) -> None:
+        if self.governor is None:
+            return
+        changed = self.governor.poll(force=force)
+        if changed is not None:
+            change = self.governor.changes[-1]
+            self.logger.log(self.global_step, {"threads": changed, "others_busy": change.get("others_busy")},
+                            kind="threads")
 
     # ---- checkpoints ---------------------------------------------------------------------
 
@@ -313,9 +365,11 @@ class Trainer:
         was_training = self.method.training
         self.method.eval()
         try:
-            out = self.method.embed(self.normalizer(self.probe_images))
+            with self._eager():  # full precision: the spectra's small eigenvalues matter
+                out = self.method.embed(self._eval_transform(self.probe_images))
         finally:
             self.method.train(was_training)
+        out = {k: v.float() for k, v in out.items()}
         self.last_probe = out
         wanted = self.config.monitor.embeddings
         missing = [k for k in wanted if k not in out]
@@ -355,14 +409,34 @@ class Trainer:
             self.stop_reason = "monitor.policy=stop on rank 0"
 
     def online_knn(self) -> dict[str, float]:
+        """kNN top-1 of the current backbone: a bank of ``eval.knn_bank`` training images, the
+        held-out split as queries (eager modules, the run's autocast and memory layout)."""
         c = self.config
         if self.eval_set is None or not self.main:
             return {}
-        model = self.method.backbone
-        train_feats = extract_features(model, self.train_set.images, transform=self.normalizer, batch_size=512)
-        test_feats = extract_features(model, self.eval_set.images, transform=self.normalizer, batch_size=512)
-        return knn_accuracy(train_feats, self.train_set.labels.cpu(), test_feats, self.eval_set.labels,
+        images, labels = self.train_set.images, self.train_set.labels
+        if self.knn_bank is not None:
+            images = images[self.knn_bank.to(images.device)]
+            labels = labels[self.knn_bank.to(labels.device)]
+        batch = 1024 if self.device.type == "cuda" else 512
+        with self._eager(), self._autocast():
+            train_feats = extract_features(self.method.backbone, images, transform=self._eval_transform, batch_size=batch)
+            test_feats = extract_features(self.method.backbone, self.eval_set.images, transform=self._eval_transform,
+                                          batch_size=batch)
+        return knn_accuracy(train_feats, labels.cpu(), test_feats, self.eval_set.labels,
                             k=c.eval.knn_k, temperature=c.eval.knn_temperature)
+
+    def _eval_transform(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.normalizer(images)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+    def _eager(self) -> contextlib.AbstractContextManager:
+        return self.compiled.eager() if self.compiled is not None else contextlib.nullcontext()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -370,42 +444,108 @@ class Trainer:
         if self.main:
             tqdm.write(text)
 
-    def _step(self, images: torch.Tensor) -> dict[str, float]:
+    def _step(self, images: torch.Tensor) -> None:
+        """One optimiser step. Nothing is read back to the host: the loss and the logged terms go
+        to ``self.values``, read every ``log.every`` steps by :meth:`_read_back`."""
         c = self.config
         lr = warmup_cosine(self.global_step, self.total_steps, self.base_lr, self.warmup_steps,
                            final_value=c.optim.min_lr_ratio * self.base_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         views = self.augment(images, self.generator)
-        autocast = (torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None
-                    else contextlib.nullcontext())
-        with autocast:
+        if self.channels_last:
+            views = to_channels_last(views)
+        with self._autocast(), value_checks(False):
             out = self.model(views)
         loss = out.loss.float()
-        # the mean over ranks: every rank sees a non-finite loss on any rank, and logs the same value
-        loss_value = float(distributed.all_reduce(loss.detach(), op="mean")) if self.is_distributed else float(loss.detach())
-        if not math.isfinite(loss_value):
-            terms = _nonfinite_terms(out.scalars)
-            where = f"non-finite terms: {', '.join(terms)}" if terms else f"terms: {', '.join(f'{k}={_float(v):.4g}' for k, v in out.scalars.items()) or 'none logged'}"
-            last = self.checkpoint_dir / LAST
-            kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if last.exists() else "no checkpoint was written yet"
-            raise TrainingError(
-                f"loss is {loss_value} at step {self.global_step} (epoch {self.epoch + 1}, {self.method.name}); "
-                f"{where}; training stopped and {kept}. Try a lower optim.lr, optim.grad_clip, or train.amp=off"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        grad_norm = None
+        tensors: dict[str, torch.Tensor] = {"loss": loss.detach()}
+        numbers: dict[str, float] = {"lr": lr}
         if c.optim.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), c.optim.grad_clip))
+            tensors["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.method.parameters(), c.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        extra = self.method.after_step(self.global_step, self.total_steps)
-        metrics = {"loss": loss_value, "lr": lr, **{k: _float(v) for k, v in out.scalars.items()}, **extra}
-        if grad_norm is not None:
-            metrics["grad_norm"] = grad_norm
-        return metrics
+        for key, value in out.scalars.items():
+            if isinstance(value, torch.Tensor):
+                tensors[key] = value.detach()
+            else:
+                numbers[key] = float(value)
+        numbers.update(self.method.after_step(self.global_step, self.total_steps))
+        self.values.add(self.global_step + 1, tensors, numbers)
+
+    def _first_step(self, images: torch.Tensor) -> None:
+        """The run's first step here: timed when it compiles; with ``train.compile=auto`` a failed
+        compilation falls back to eager and redoes the step from the same random state."""
+        if self.compiled is None:
+            self._step(images)
+            return
+        rng = self.generator.get_state()
+        start = time.perf_counter()
+        try:
+            self._step(images)
+        except Exception as err:
+            if self.config.train.compile != "auto":
+                raise
+            compile_failed_warning(err)
+            self.compiled.disable()
+            self.compiled = None
+            self.compile_reason = f"auto: compiling failed ({type(err).__name__}); eager"
+            self.generator.set_state(rng)
+            self.values = StepValues()
+            self._step(images)
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.compile_time_s = time.perf_counter() - start
+        self._write(f"train.compile: the first step, which compiles {len(self.compiled.modules)} "
+                    f"backbone(s), took {self.compile_time_s:.1f} s")
+
+    def _read_back(self) -> list[dict[str, Any]]:
+        """Read the window of per-step values (one transfer; under DDP their mean over ranks),
+        stop at the first non-finite loss, log the rows due, and return them."""
+        if not len(self.values):
+            return []
+        reduce = (lambda m: distributed.all_reduce(m, op="mean")) if self.is_distributed else None
+        records = self.values.read(reduce)
+        bad = first_nonfinite(records)
+        if bad is not None:
+            raise self._divergence(bad)
+        now = time.perf_counter()
+        steps_done = records[-1]["step"] - self.epoch_first_step + 1
+        rate = steps_done * self.config.data.batch_size * self.world / max(now - self.epoch_start, 1e-9)
+        every = self.config.log.every
+        for record in records:
+            self.epoch_losses.append(record["loss"])
+            if record["step"] % every == 0 or record["step"] == self.epoch_first_step:
+                fields = {k: v for k, v in record.items() if k != "step"}
+                self.logger.log(record["step"], {**fields, "epoch": self.epoch + 1, "img_per_s": rate})
+        self.last_rate, self.last_loss = rate, records[-1]["loss"]
+        return records
+
+    def _divergence(self, record: Mapping[str, Any]) -> TrainingError:
+        step = int(record["step"]) - 1  # the step's index (0-based), as the learning-rate schedule counts
+        terms = {k: v for k, v in record.items() if k not in ("step", "loss", "lr")}
+        bad = [f"{k}={v}" for k, v in terms.items() if isinstance(v, float) and not math.isfinite(v)]
+        where = (f"non-finite terms: {', '.join(bad)}" if bad
+                 else f"terms: {', '.join(f'{k}={v:.4g}' for k, v in terms.items()) or 'none logged'}")
+        last = self.checkpoint_dir / LAST
+        kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if last.exists() else "no checkpoint was written yet"
+        return TrainingError(
+            f"loss is {record['loss']} at step {step} (epoch {self.epoch + 1}, {self.method.name}); "
+            f"{where}; training stopped and {kept}. Try a lower optim.lr, optim.grad_clip, or train.amp=off"
+        )
+
+    def _raise_if_diverged(self, err: BaseException) -> None:
+        """After an error inside a step: if the loss had already gone non-finite, that is the
+        cause to report (NaN weights make later operations fail in obscure ways)."""
+        try:
+            self._read_back()
+        except TrainingError as diverged:
+            raise diverged from err
+        except Exception:  # the window cannot be read: report the original error
+            return
 
     def fit(self) -> Run:
         self.setup()
@@ -419,16 +559,20 @@ class Trainer:
             if self.global_step == 0 and c.monitor.enabled:
                 self.check_collapse()  # the reference: the network at initialisation
             self.method.train()
+            self._poll_threads(force=True)
             while self.epoch < c.train.epochs and self.stop_reason is None:
                 self._train_epoch()
         except KeyboardInterrupt:
+            self._finish_compiled()
             self._write_summary("interrupted", time.perf_counter() - start_wall, None)
             self.logger.close()
             raise
         except Exception as err:
+            self._finish_compiled()
             self._write_summary("failed", time.perf_counter() - start_wall, None, error=str(err) if isinstance(err, TrainingError) else f"{type(err).__name__}: {err}")
             self.logger.close()
             raise
+        self._finish_compiled()
         if self.stop_reason is not None:
             status = "stopped"
             self._write(f"stopped: {self.stop_reason}")
@@ -440,45 +584,71 @@ class Trainer:
             distributed.barrier()
         return Run(self.run_dir, c, summary, self.method, history)
 
+    def _finish_compiled(self) -> None:
+        """Hand back eager modules (the final evaluation and the caller get plain networks)."""
+        if self.compiled is not None:
+            self.compiled.disable()
+
     def _train_epoch(self) -> None:
         c = self.config
         self.loader.set_epoch(self.epoch)
         bar = progress_bar(self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{c.train.epochs}",
                            enabled=self.main and c.log.progress)
-        losses: list[float] = []
-        t0 = time.perf_counter()
+        self.epoch_losses = []
+        self.epoch_first_step = self.global_step + 1
+        self.epoch_start = t0 = time.perf_counter()
+        first_of_run = self.global_step == 0 or (
+            self.compile_time_s is None and self.compiled is not None)
         for i, (images, _) in enumerate(self.loader):
             if i >= self.steps_per_epoch:
                 break
-            metrics = self._step(images)
+            self._poll_threads()
+            try:
+                if i == 0 and first_of_run:
+                    self._first_step(images)
+                else:
+                    self._step(images)
+            except TrainingError:
+                raise
+            except Exception as err:
+                self._raise_if_diverged(err)
+                raise
             self.global_step += 1
             self.images_seen += images.shape[0] * self.world
-            losses.append(metrics["loss"])
-            elapsed = time.perf_counter() - t0
-            rate = (i + 1) * images.shape[0] * self.world / max(elapsed, 1e-9)
             bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{rate:.0f}")
             if self.global_step % c.log.every == 0 or i == 0:
-                self.logger.log(self.global_step, {**metrics, "epoch": self.epoch + 1, "img_per_s": rate})
+                self._read_back()
+                bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{self.last_rate:.0f}")
             if c.monitor.every and self.global_step % c.monitor.every == 0:
+                self._read_back()  # a diverged network is reported as such, not probed
                 self.check_collapse()
                 if self.stop_reason is not None:
                     break
+        self._read_back()
         bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         epoch_time = time.perf_counter() - t0
         self.train_time += epoch_time
         self.epoch += 1
-        if c.monitor.enabled and not c.monitor.every:
-            self.check_collapse()
+        steps = len(self.epoch_losses)
         epoch_metrics: dict[str, Any] = {
-            "loss": sum(losses) / max(len(losses), 1),
-            "img_per_s": len(losses) * c.data.batch_size * self.world / max(epoch_time, 1e-9),
+            "loss": sum(self.epoch_losses) / max(steps, 1),
+            "img_per_s": steps * c.data.batch_size * self.world / max(epoch_time, 1e-9),
             "epoch_time_s": epoch_time,
         }
-        if c.eval.knn_every and self.epoch % c.eval.knn_every == 0:
+        if self.compile_time_s is not None and self.epoch_first_step == 1:
+            epoch_metrics["compile_time_s"] = self.compile_time_s
+        if self.governor is not None:
+            epoch_metrics["threads"] = self.governor.threads
+        if c.monitor.enabled and not c.monitor.every:
+            t_monitor = time.perf_counter()
+            self.check_collapse()
+            epoch_metrics["monitor_time_s"] = time.perf_counter() - t_monitor
+        if c.eval.knn_every and self.epoch % c.eval.knn_every == 0 and self.eval_set is not None and self.main:
+            t_knn = time.perf_counter()
             epoch_metrics.update(self.online_knn())
+            epoch_metrics["knn_time_s"] = time.perf_counter() - t_knn
         if self.main and self.last_probe:
             epoch_metrics.update(self.method.probe_metrics(self.last_probe, self.probe_labels))
         for name in ("emb", "repr"):
@@ -518,6 +688,15 @@ class Trainer:
             "world_size": self.world,
             "device": str(self.device),
             "augment": {"recipe": self.augment.name, "backend": self.augment_backend},
+            "fast_path": {
+                "amp": str(self.amp).replace("torch.", "") if self.amp is not None else "off",
+                "channels_last": self.channels_last,
+                "compile": self.compiled is not None or self.compile_time_s is not None,
+                "compile_reason": self.compile_reason,
+                "compile_time_s": self.compile_time_s,
+            },
+            "threads": self.governor.state() if self.governor is not None else {"max_threads": self.max_threads,
+                                                                               "adaptive": False},
             "wall_time_s": wall,
             "train_time_s": self.train_time,
             "throughput_img_per_s": self.images_seen / self.train_time if self.train_time > 0 else None,

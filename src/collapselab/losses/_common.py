@@ -8,7 +8,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import torch
 
-from collapselab._validation import InputError, describe_nonfinite
+from collapselab._validation import InputError, describe_nonfinite, value_checks_enabled
 
 Semantics = Literal["local", "gather", "all_reduce"]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,7 +30,9 @@ def check_tensor(
     """Return ``x`` as a floating tensor (graph kept), or raise :class:`InputError`.
 
     Checks: tensor or ndarray, real floating dtype, number of dimensions, at least ``min_rows``
-    rows, a non-empty last dimension and only finite entries.
+    rows, a non-empty last dimension and only finite entries (the last one reads the values, a
+    host synchronisation on a GPU, and is skipped inside ``value_checks(False)``, as in the
+    trainer's step).
     """
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
@@ -48,7 +50,7 @@ def check_tensor(
         raise InputError(f"{name}: need at least {min_rows} row(s), got shape {tuple(x.shape)}")
     if x.shape[-1] < 1:
         raise InputError(f"{name}: the last dimension is empty (shape {tuple(x.shape)})")
-    if not bool(torch.isfinite(x).all()):
+    if value_checks_enabled() and not bool(torch.isfinite(x).all()):
         raise InputError(describe_nonfinite(x.detach(), name))
     return x
 

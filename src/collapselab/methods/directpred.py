@@ -121,17 +121,18 @@ class DirectPredictor(nn.Module):
 
     @torch.no_grad()
     def update_correlation(self, batch: torch.Tensor) -> None:
-        """F̂ ← batch on the first call, then F̂ ← ρF̂ + (1 − ρ)·batch."""
-        if int(self.correlation_updates) == 0:
-            self.correlation.copy_(batch)
-        else:
-            self.correlation.mul_(self.momentum).add_(batch, alpha=1.0 - self.momentum)
+        """F̂ ← batch on the first call, then F̂ ← ρF̂ + (1 − ρ)·batch (chosen on the device: no
+        host synchronisation)."""
+        blended = self.correlation.mul(self.momentum).add_(batch, alpha=1.0 - self.momentum)
+        self.correlation.copy_(torch.where(self.correlation_updates == 0, batch, blended))
         self.correlation_updates += 1
 
     @torch.no_grad()
-    def set_from_correlation(self) -> bool:
-        """W_p ← :func:`directpred_predictor` (F̂); False (nothing set) before the first update."""
-        if int(self.correlation_updates) == 0:
+    def set_from_correlation(self, check: bool = True) -> bool:
+        """W_p ← :func:`directpred_predictor` (F̂); False (nothing set) before the first update.
+        ``check=False`` skips the test (a host read) where an update is known to have happened.
+        The eigendecomposition itself synchronises a CUDA device (``torch.linalg.eigh``)."""
+        if check and int(self.correlation_updates) == 0:
             return False
         weight, s, p = directpred_predictor(self.correlation, self.eps)
         self.weight.copy_(weight)
@@ -181,7 +182,8 @@ class DirectPred(BYOL):
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
         scalars = super().after_step(step, total_steps)
         if step % int(self.config.predictor_update_every) == 0:
-            self.predictor.set_from_correlation()
+            # after a training step, whose forward has just updated F̂
+            self.predictor.set_from_correlation(check=not self.training)
         return scalars
 
     def spectra(self) -> dict[str, torch.Tensor]:
