@@ -221,10 +221,27 @@ def recipe_path(method: str, dataset: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def shipped_config(path: str | os.PathLike) -> Path | None:
+    """A path relative to the shipped recipes (``batch1024/byol_cifar10`` or ``...yaml``), if any."""
+    rel = Path(path)
+    if rel.is_absolute() or ".." in rel.parts:
+        return None
+    for candidate in (recipe_dir() / rel, recipe_dir() / rel.with_name(rel.name + ".yaml")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config layer: a file, or else a file shipped with the recipes (``batch1024/...``)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"config file {path} does not exist")
+        shipped = shipped_config(path)
+        if shipped is None:
+            variants = sorted(str(p.relative_to(recipe_dir()).with_suffix(""))
+                              for p in recipe_dir().glob("*/*.yaml"))
+            raise InputError(f"config file {path} does not exist (shipped variants: {', '.join(variants)})")
+        path = shipped
     try:
         loaded = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as err:

@@ -107,6 +107,16 @@ def test_batch_1024_variant_layers_over_its_recipe(variant: str) -> None:
         assert big.method.ema == pytest.approx(base_ema**4, abs=1e-3)
 
 
+def test_shipped_variant_is_found_by_its_relative_name_from_any_directory(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the name resolves inside the installed package
+    by_path = load_config("simclr", "cifar10", config_file=recipe_dir() / "batch1024" / "simclr_cifar10.yaml")
+    for name in ("batch1024/simclr_cifar10.yaml", "batch1024/simclr_cifar10"):
+        assert load_config("simclr", "cifar10", config_file=name) == by_path
+    with pytest.raises(InputError, match=r"batch1024/nope\.yaml does not exist \(shipped variants: ") as err:
+        load_config("simclr", "cifar10", config_file="batch1024/nope.yaml")
+    assert "\n" not in str(err.value)
+
+
 def test_lr_scaling_rules() -> None:
     assert lr_scale("linear", 1024) == 4.0 and lr_scale("sqrt", 1024) == 2.0 and lr_scale("none", 1024) == 1.0
     assert lr_scale("linear", 256) == lr_scale("sqrt", 256) == 1.0

@@ -24,7 +24,7 @@ at once (there is no earlier decision to protect); call ``start()`` early in set
 ``poll(force=True)`` just before the first step so that it covers the ~1 s of setup.
 
 Why not passive waiting. ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at barriers instead of
-spinning) helps under load but costs 45 % on a quiet machine (0.24 -> 0.35 s/epoch), so libgomp's
+spinning) helps under load but costs 14-45 % on a quiet machine (docs/performance.md), so libgomp's
 default policy stays and the team is kept no larger than the free cores instead.
 
 Why not timing-based tuning (try 1 and 2 threads, keep the faster). Step times are noisy, so

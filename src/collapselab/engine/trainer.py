@@ -293,6 +293,10 @@ class Trainer:
         self.max_threads = c.train.threads or max(1, min(torch.get_num_threads(), cpus))
         torch.set_num_threads(self.max_threads)
         adapt = c.train.adapt_threads and not c.train.deterministic and self.device.type == "cpu"
+        self.threads_fixed_reason = (
+            None if adapt else "train.adapt_threads=false" if not c.train.adapt_threads
+            else "train.deterministic=true (thread count changes float summation order)"
+            if c.train.deterministic else f"device {self.device.type} (threads only feed the data path)")
         self.governor = ThreadGovernor(self.max_threads, enabled=adapt) if adapt else None
         if self.governor is not None:
             self.governor.start()
@@ -695,8 +699,9 @@ class Trainer:
                 "compile_reason": self.compile_reason,
                 "compile_time_s": self.compile_time_s,
             },
-            "threads": self.governor.state() if self.governor is not None else {"max_threads": self.max_threads,
-                                                                               "adaptive": False},
+            "threads": self.governor.state() if self.governor is not None else {
+                "enabled": False, "reason": self.threads_fixed_reason, "max_threads": self.max_threads,
+                "threads": self.max_threads},
             "wall_time_s": wall,
             "train_time_s": self.train_time,
             "throughput_img_per_s": self.images_seen / self.train_time if self.train_time > 0 else None,
