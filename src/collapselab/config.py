@@ -10,7 +10,9 @@ merged: an unknown key is an error that names the closest valid key. Values are 
 from __future__ import annotations
 
 import difflib
+import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
@@ -102,9 +104,18 @@ class TrainConfig:
     cores busy and return to ``threads`` when they stop (a run on a quiet machine never changes
     its thread count; see :mod:`collapselab.engine.threads`); false keeps ``threads`` fixed.
     ``max_steps_per_epoch``: cut epochs short (smoke tests). ``deterministic``: deterministic
-    kernels (slower on GPU) and a fixed thread count."""
+    kernels (slower on GPU) and a fixed thread count.
+
+    Length: ``epochs`` passes over the data, unless ``steps`` (total optimiser steps; the last
+    epoch may be partial) is set. ``time_budget`` (``90s``, ``10m``, ``2h``, ``1h30m``, or
+    seconds): time a few throw-away steps, then fix ``steps`` so that training (setup, monitor,
+    kNN and checkpoints included; the final evaluation not) fits the budget, and record it in
+    ``config.yaml`` so that a rerun with that ``steps`` is the same run
+    (:mod:`collapselab.engine.budget`). With ``steps`` set, ``time_budget`` plans nothing."""
 
     epochs: int = 100
+    steps: int | None = None
+    time_budget: Any = None
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
@@ -205,6 +216,36 @@ class Config:
 
 
 # --------------------------------------------------------------------------- recipes
+
+
+# --------------------------------------------------------------------------- durations
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smh])")
+
+
+def parse_duration(value: object, key: str = "train.time_budget") -> float:
+    """Seconds in a duration: a number (seconds) or a string such as ``90s``, ``10m``, ``2h``,
+    ``1h30m``, ``2.5m`` (units s, m, h; a bare number is seconds). Must be > 0."""
+    if isinstance(value, bool):
+        raise InputError(f"{key}={value!r}: expected a duration like 90s, 10m, 2h or 1h30m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            seconds = float(text)
+        elif text and re.fullmatch(rf"(?:{_PART.pattern})+", text):
+            units = [u for _, u in _PART.findall(text)]
+            if len(set(units)) != len(units):
+                raise InputError(f"{key}={value!r}: a unit appears twice; write e.g. 1h30m")
+            seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
+        else:
+            raise InputError(f"{key}={value!r}: expected a duration like 90s, 10m, 2h or 1h30m")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InputError(f"{key}={value!r}: the duration must be > 0")
+    return seconds
+
 
 
 def recipe_dir() -> Path:
@@ -488,6 +529,10 @@ def validate(config: Config) -> None:
         _positive(o.grad_clip, "optim.grad_clip")
     if t.epochs < 1:
         raise InputError(f"train.epochs must be >= 1, got {t.epochs}")
+    if t.steps is not None and (isinstance(t.steps, bool) or not isinstance(t.steps, int) or t.steps < 1):
+        raise InputError(f"train.steps must be an integer >= 1 or null, got {t.steps!r}")
+    if t.time_budget is not None:
+        parse_duration(t.time_budget)
     if t.amp not in AMP_MODES:
         raise InputError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {t.amp!r}")
     t.channels_last = switch(t.channels_last, "train.channels_last")

@@ -196,7 +196,7 @@ def test_compile_auto_falls_back_to_eager_from_the_same_random_state(tmp_path: P
         def fail(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("inductor: no C compiler (simulated)")
 
-    monkeypatch.setattr(trainer_module, "compile_decision", lambda mode, device, steps: (True, "forced"))
+    monkeypatch.setattr(trainer_module, "compile_decision", lambda mode, device, steps, budget=None: (True, "forced"))
     monkeypatch.setattr(trainer_module, "CompiledNetworks", Broken)
     with pytest.warns(UserWarning, match="torch.compile failed.*continues eager"):
         fallback = collapselab.train("byol", "digits", **tiny(tmp_path, "fallback"))

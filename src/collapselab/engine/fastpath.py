@@ -26,6 +26,8 @@ from collapselab._validation import InputError
 # A run this long on CUDA is compiled by ``train.compile=auto``: compiling a ResNet-18 takes
 # about a minute, the step gets a few percent faster (docs/performance.md).
 COMPILE_AUTO_MIN_STEPS = 5000
+# The same for a run given as a time budget (its steps are planned after compiling).
+COMPILE_AUTO_MIN_BUDGET_S = 600.0
 
 
 def has_conv2d(module: nn.Module) -> bool:
@@ -56,8 +58,11 @@ def compile_targets(method: nn.Module) -> list[nn.Module]:
     return targets
 
 
-def compile_decision(mode: str, device: torch.device, total_steps: int) -> tuple[bool, str]:
-    """(compile?, why) for ``train.compile``; ``on`` where compiling is impossible is an error."""
+def compile_decision(mode: str, device: torch.device, total_steps: int | None,
+                     time_budget_s: float | None = None) -> tuple[bool, str]:
+    """(compile?, why) for ``train.compile``; ``on`` where compiling is impossible is an error.
+    ``total_steps=None``: not known yet (a time budget still to be planned): ``auto`` then
+    compiles for budgets of at least :data:`COMPILE_AUTO_MIN_BUDGET_S`."""
     if mode == "off":
         return False, "train.compile=off"
     if not hasattr(nn.Module, "compile"):
@@ -69,6 +74,11 @@ def compile_decision(mode: str, device: torch.device, total_steps: int) -> tuple
         return True, "train.compile=on"
     if device.type != "cuda":
         return False, "auto: compiles on CUDA only"
+    if total_steps is None:
+        budget = time_budget_s or 0.0
+        if budget < COMPILE_AUTO_MIN_BUDGET_S:
+            return False, f"auto: a {budget:.0f} s budget < {COMPILE_AUTO_MIN_BUDGET_S:.0f} s, compiling would not pay off"
+        return True, f"auto: CUDA and a {budget:.0f} s budget"
     if total_steps < COMPILE_AUTO_MIN_STEPS:
         return False, f"auto: {total_steps} steps < {COMPILE_AUTO_MIN_STEPS}, compiling would not pay off"
     return True, f"auto: CUDA and {total_steps} steps"

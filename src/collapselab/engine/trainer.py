@@ -8,6 +8,7 @@ embeddings it is handed (design.md). Entry point: :func:`train` (also ``collapse
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -27,11 +28,19 @@ from tqdm import tqdm
 from collapselab import distributed
 from collapselab._device import resolve_device as _resolve_device
 from collapselab._validation import InputError, value_checks
-from collapselab.config import Config, config_from_dict, load_config, to_dict, to_yaml
+from collapselab.config import (
+    Config,
+    config_from_dict,
+    load_config,
+    parse_duration,
+    to_dict,
+    to_yaml,
+)
 from collapselab.data import DeviceLoader, build_augment, get_dataset
 from collapselab.data.augment import channel_stats, normalize, to_float_images, use_native
 from collapselab.diagnostics import CollapseMonitor
 from collapselab.diagnostics.monitor import Alarm
+from collapselab.engine.budget import plan_steps
 from collapselab.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from collapselab.engine.fastpath import (
     CompiledNetworks,
@@ -224,7 +233,11 @@ class Trainer:
         self.steps_per_epoch = len(self.loader)
         if c.train.max_steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, c.train.max_steps_per_epoch)
-        self.total_steps = self.steps_per_epoch * c.train.epochs
+        self.budget_s = parse_duration(c.train.time_budget) if c.train.time_budget is not None else None
+        # a budget fixes train.steps after timing (fit -> _plan_budget); a given train.steps wins
+        self.plan_budget = self.budget_s is not None and c.train.steps is None
+        self.budget: dict[str, Any] | None = None
+        self._set_length(c.train.steps if c.train.steps is not None else self.steps_per_epoch * c.train.epochs)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(c.train.seed * 1000 + self.rank + 1)
 
@@ -238,7 +251,8 @@ class Trainer:
         self.channels_last = use_channels_last(c.train.channels_last, self.device, self.method.backbone)
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
-        compile_now, self.compile_reason = compile_decision(c.train.compile, self.device, self.total_steps)
+        compile_now, self.compile_reason = compile_decision(
+            c.train.compile, self.device, None if self.plan_budget else self.total_steps, self.budget_s)
         self.compiled = CompiledNetworks(compile_targets(self.method)) if compile_now else None
         self.compile_time_s: float | None = None
         self.model: nn.Module = self.method
@@ -252,7 +266,6 @@ class Trainer:
             momentum=c.optim.momentum, betas=tuple(c.optim.betas), eta=c.optim.eta,
             exclude_bias_and_norm=c.optim.exclude_bias_and_norm,
         )
-        self.warmup_steps = min(self.total_steps, round(c.optim.warmup_epochs * self.steps_per_epoch))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
 
         probe_g = torch.Generator().manual_seed(c.train.seed)
@@ -284,6 +297,13 @@ class Trainer:
             # lines at the checkpoint's own step were written before it was saved: keep them
             resume_step=self.global_step + 1 if self.resume else None, config=to_dict(c),
         )
+
+    def _set_length(self, total_steps: int) -> None:
+        """The run's length in steps, and what follows from it (epochs, LR warm-up)."""
+        self.total_steps = int(total_steps)
+        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.warmup_steps = min(self.total_steps,
+                                round(self.config.optim.warmup_epochs * self.steps_per_epoch))
 
     def _setup_threads(self) -> None:
         """torch's CPU threads: ``train.threads`` (default: the CPUs this process may use), lowered
@@ -482,7 +502,7 @@ class Trainer:
     def _first_step(self, images: torch.Tensor) -> None:
         """The run's first step here: timed when it compiles; with ``train.compile=auto`` a failed
         compilation falls back to eager and redoes the step from the same random state."""
-        if self.compiled is None:
+        if self.compiled is None or self.compile_time_s is not None:
             self._step(images)
             return
         rng = self.generator.get_state()
@@ -551,7 +571,102 @@ class Trainer:
         except Exception:  # the window cannot be read: report the original error
             return
 
+    # ---- time budget ---------------------------------------------------------------------
+
+    def _plan_budget(self) -> None:
+        """``train.time_budget``: time throw-away steps and the per-epoch extras, fix
+        ``train.steps`` (:func:`~collapselab.engine.budget.plan_steps`), restore the state from
+        before the timing and record the plan (``config.yaml``, ``summary.json``)."""
+        c = self.config
+        budget = float(self.budget_s)  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        snapshot = {
+            "model": {k: v.detach().clone() for k, v in self.method.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scaler": copy.deepcopy(self.scaler.state_dict()),
+            "rng": {k: v.clone() for k, v in _capture_rng(self.generator).items()},
+        }
+        # at most 2 % of the budget (>= 3 timed steps, <= 20 s) after one untimed step, which
+        # builds the augmentation kernel, compiles, and lets cuDNN choose its algorithms
+        target = min(max(0.02 * budget, 0.05), 20.0)
+        batches = iter(self.loader)
+
+        def next_batch() -> torch.Tensor:
+            nonlocal batches
+            try:
+                return next(batches)[0]
+            except StopIteration:
+                batches = iter(self.loader)
+                return next(batches)[0]
+
+        self._first_step(next_batch())
+        self._sync()
+        timed, t_steps = 0, time.perf_counter()
+        while timed < 3 or (time.perf_counter() - t_steps < target and timed < 10_000):
+            self._step(next_batch())
+            timed += 1
+            if timed % 8 == 0:
+                self._sync()
+        self._sync()
+        step_s = (time.perf_counter() - t_steps) / timed
+        self.values = StepValues()  # the throw-away steps are not logged
+
+        monitor_s = 0.0
+        if c.monitor.enabled:
+            checks = self.steps_per_epoch / c.monitor.every if c.monitor.every else 1.0
+            monitor_s = self.monitor_check_s * checks
+        knn_s = save_s = 0.0
+        if self.main:
+            if c.eval.knn_every and self.eval_set is not None:
+                t_knn = time.perf_counter()
+                self.online_knn()
+                knn_s = (time.perf_counter() - t_knn) / c.eval.knn_every
+            t_save = time.perf_counter()
+            probe = self.checkpoint_dir / ".budget_probe.pt"
+            save_checkpoint(probe, self._state())
+            probe.unlink(missing_ok=True)
+            save_s = time.perf_counter() - t_save
+        overhead_s = monitor_s + knn_s + save_s
+
+        self.method.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.scaler.load_state_dict(snapshot["scaler"])
+        _restore_rng(snapshot["rng"], self.generator)
+        self.method.train()
+
+        elapsed = time.perf_counter() - self.t_start
+        steps = plan_steps(budget - elapsed, step_s, self.steps_per_epoch, overhead_s)
+        if self.is_distributed:  # one plan for every rank: rank 0's
+            shared = [steps]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            steps = int(shared[0])
+        self._set_length(steps)
+        c.train.steps = steps
+        self.budget = {
+            "time_budget_s": budget,
+            "steps": steps,
+            "epochs": self.num_epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+            "measured_steps": timed,
+            "step_s": step_s,
+            "epoch_overhead_s": {"monitor": monitor_s, "knn": knn_s, "checkpoint": save_s},
+            "planning_s": time.perf_counter() - t0,
+            "setup_s": t0 - self.t_start,
+        }
+        if self.main:
+            _write_atomic(self.run_dir / "config.yaml", to_yaml(c))
+        self._write(
+            f"train.time_budget={c.train.time_budget}: {step_s * 1000:.1f} ms/step and {overhead_s:.2f} s "
+            f"per epoch (monitor, kNN, checkpoint) -> {steps} steps ({self.num_epochs} epochs of "
+            f"{self.steps_per_epoch}); train.steps={steps} repeats this run exactly"
+        )
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def fit(self) -> Run:
+        self.t_start = time.perf_counter()  # a time budget counts from here, setup included
         self.setup()
         c = self.config
         start_wall = time.perf_counter()
@@ -560,12 +675,19 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(c))
         try:
+            self.monitor_check_s = 0.0
             if self.global_step == 0 and c.monitor.enabled:
+                t_check = time.perf_counter()
                 self.check_collapse()  # the reference: the network at initialisation
+                self.monitor_check_s = time.perf_counter() - t_check
             self.method.train()
             self._poll_threads(force=True)
-            while self.epoch < c.train.epochs and self.stop_reason is None:
+            if self.plan_budget and self.global_step == 0:
+                self._plan_budget()
+            while self.epoch < self.num_epochs and self.stop_reason is None:
                 self._train_epoch()
+            if self.budget is not None:
+                self.budget["time_used_s"] = time.perf_counter() - self.t_start
         except KeyboardInterrupt:
             self._finish_compiled()
             self._write_summary("interrupted", time.perf_counter() - start_wall, None)
@@ -596,7 +718,8 @@ class Trainer:
     def _train_epoch(self) -> None:
         c = self.config
         self.loader.set_epoch(self.epoch)
-        bar = progress_bar(self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{c.train.epochs}",
+        steps_now = min(self.steps_per_epoch, self.total_steps - self.global_step)
+        bar = progress_bar(steps_now, desc=f"epoch {self.epoch + 1}/{self.num_epochs}",
                            enabled=self.main and c.log.progress)
         self.epoch_losses = []
         self.epoch_first_step = self.global_step + 1
@@ -604,7 +727,7 @@ class Trainer:
         first_of_run = self.global_step == 0 or (
             self.compile_time_s is None and self.compiled is not None)
         for i, (images, _) in enumerate(self.loader):
-            if i >= self.steps_per_epoch:
+            if i >= steps_now:
                 break
             self._poll_threads()
             try:
@@ -662,7 +785,7 @@ class Trainer:
                                      verdict=d.worst)
                 break
         self.logger.log(self.global_step, {"epoch": self.epoch, **{k: v for k, v in epoch_metrics.items() if v is not None}}, kind="epoch")
-        self._write(format_epoch_line(self.epoch, c.train.epochs, epoch_metrics))
+        self._write(format_epoch_line(self.epoch, self.num_epochs, epoch_metrics))
         self._save()
 
     # ---- the end -------------------------------------------------------------------------
@@ -686,7 +809,9 @@ class Trainer:
             "dataset": c.data.dataset,
             "backbone": c.model.backbone,
             "epochs_completed": self.epoch,
-            "epochs": c.train.epochs,
+            "epochs": self.num_epochs,
+            "total_steps": self.total_steps,
+            "budget": self.budget,
             "steps": self.global_step,
             "global_batch_size": c.data.batch_size * self.world,
             "world_size": self.world,
@@ -723,6 +848,12 @@ class Trainer:
             tmp.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
             os.replace(tmp, path)
         return summary
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _json_default(value: Any) -> Any:
