@@ -94,15 +94,17 @@ def sgd_step(model: nn.Module, method: nn.Module, views: Sequence[torch.Tensor])
 # --------------------------------------------------------------------------- workers (one rank)
 
 
-def train_on_rank(out_dir: Path, rank: int, sync_bn: bool) -> dict[str, object]:
-    """``collapselab.train`` (which initialises the process group from the environment)."""
+def train_on_rank(out_dir: Path, rank: int, sync_bn: bool, budget: str | None = None) -> dict[str, object]:
+    """``collapselab.train`` (which initialises the process group from the environment);
+    ``budget``: ``train.time_budget`` (each rank times its own steps; rank 0's plan must win)."""
     import collapselab
 
+    length = {"epochs": 1} if budget is None else {"time_budget": budget, "adapt_threads": False}
     try:
         run = collapselab.train(
             "byol",
             "digits",
-            train={"epochs": 1, "threads": 1, "max_steps_per_epoch": 3, "device": "cpu"},
+            train={**length, "threads": 1, "max_steps_per_epoch": 3, "device": "cpu"},
             data={"batch_size": 64},
             log={"progress": False, "tensorboard": False},
             eval={"final": False, "knn_every": 0},
@@ -145,6 +147,7 @@ def worker(out_dir: Path) -> None:
     results = {
         "trainer": train_on_rank(out_dir / "plain", rank, sync_bn=False),
         "trainer_sync_bn": train_on_rank(out_dir / "sync_bn", rank, sync_bn=True),
+        "trainer_budget": train_on_rank(out_dir / "budget", rank, sync_bn=False, budget="2s"),
     }
     assert distributed.init_from_env(timeout_s=TIMEOUT_S)  # already up: train() started it
     results["steps"] = ddp_steps_on_rank(rank)
@@ -196,6 +199,13 @@ def test_trainer_ddp_ranks_end_with_identical_buffers(ranks):
     states = [{k: v for k, v in res["state"].items() if is_buffer(k)} for res in results]
     assert states[0]
     assert_states_equal(states[0], states[1], "BatchNorm buffers")
+
+
+def test_trainer_ddp_time_budget_gives_every_rank_rank_0s_plan(ranks):
+    results = trained(ranks[1], "trainer_budget")
+    summaries = [json.loads(res["summary"]) for res in results]
+    assert summaries[0]["budget"]["steps"] == summaries[0]["steps"] == summaries[1]["steps"] >= 1
+    assert_states_equal(results[0]["state"], results[1]["state"], "parameters and buffers")
 
 
 def test_trainer_ddp_only_rank_0_writes_files(ranks):
