@@ -192,10 +192,15 @@ class DistributedConfig:
 
 @dataclass
 class RunSection:
-    """``name``: run folder name (default ``<method>_<dataset>_<timestamp>``); ``out_dir``: parent."""
+    """``name``: run folder name (default ``<method>_<dataset>_<timestamp>``); ``out_dir``: parent.
+    ``recipe``: the shipped recipe the config starts from (``collapselab methods`` lists them):
+    null = ``<method>_<dataset>`` when shipped; for a dataset without one (``npz``,
+    ``imagefolder``) ``collapselab train`` picks one by image size and device
+    (:func:`pick_recipe`) and prints which. Set it to choose, e.g. ``run.recipe=small/byol_32px``."""
 
     name: str | None = None
     out_dir: str = "runs"
+    recipe: str | None = None
 
 
 @dataclass
@@ -260,6 +265,37 @@ def available_recipes() -> list[str]:
 def recipe_path(method: str, dataset: str) -> Path | None:
     path = recipe_dir() / f"{method}_{dataset}.yaml"
     return path if path.is_file() else None
+
+
+def named_recipe(name: str) -> Path:
+    """The shipped recipe called ``name`` (``byol_cifar10``, ``small/simclr_16px``; ``.yaml``
+    optional); an error listing the recipes when there is none."""
+    rel = Path(str(name).removesuffix(".yaml") + ".yaml")
+    path = recipe_dir() / rel
+    if rel.is_absolute() or ".." in rel.parts or not path.is_file():
+        names = sorted(str(p.relative_to(recipe_dir()).with_suffix("")) for p in recipe_dir().rglob("*.yaml"))
+        hint = difflib.get_close_matches(str(name), names, n=1)
+        raise InputError(f"run.recipe={name!r} is not a shipped recipe"
+                         f"{f'; did you mean {hint[0]!r}?' if hint else ''} (see `collapselab methods`)")
+    return path
+
+
+# Image sides up to this use the 16-px CPU recipes, larger ones the 32-px ones (pick_recipe).
+SMALL_RECIPE_MAX_16PX = 20
+
+
+def pick_recipe(method: str, image_side: int, device_type: str) -> tuple[str | None, str]:
+    """(recipe, why) for a dataset without a recipe of its own: on CUDA the CIFAR-10 recipe
+    (ResNet-18, CIFAR stem); elsewhere the small-CNN CPU recipe for 16-px images (sides up to
+    :data:`SMALL_RECIPE_MAX_16PX`) or for 32-px ones. None when no such recipe is shipped."""
+    if device_type == "cuda":
+        name, why = f"{method}_cifar10", f"{image_side}-px images on CUDA: ResNet-18"
+    else:
+        size = 16 if image_side <= SMALL_RECIPE_MAX_16PX else 32
+        name, why = f"small/{method}_{size}px", f"{image_side}-px images on {device_type}: small CNN"
+    if not (recipe_dir() / f"{name}.yaml").is_file():
+        return None, f"no shipped recipe {name}"
+    return name, why
 
 
 def shipped_config(path: str | os.PathLike) -> Path | None:
@@ -420,6 +456,7 @@ def load_config(
     overrides: Iterable[str] = (),
     use_recipe: bool = True,
     base: Mapping[str, Any] | None = None,
+    recipe: str | None = None,
     **kwargs: Any,
 ) -> Config:
     """Build and validate a run's :class:`Config` from the layers described in the module doc.
@@ -427,6 +464,8 @@ def load_config(
     ``method`` / ``dataset`` name the recipe; ``method.name`` / ``data.dataset`` set in a later
     layer take precedence. ``overrides`` are dotted strings, ``kwargs`` Python shorthands (see
     :func:`shorthand`). ``base``: a saved config (a resumed run's) used instead of the recipe.
+    ``recipe``: the recipe to start from unless a layer sets ``run.recipe`` (default
+    ``<method>_<dataset>`` when shipped).
     """
     if isinstance(kwargs.get("method"), str):
         method = kwargs.pop("method")
@@ -445,9 +484,15 @@ def load_config(
     dataset_name = _peek(plain, "data", "dataset", dataset or DEFAULT_DATASET)
     cls = method_class(method_name)
     layers: list[tuple[str, dict[str, Any]]] = []
-    recipe = recipe_path(method_name, dataset_name) if use_recipe and base is None else None
-    if recipe is not None:
-        layers.append((f"recipe {recipe.name}", _read_yaml(recipe)))
+    recipe_name: str | None = None
+    if use_recipe and base is None:
+        recipe_name = _peek(plain, "run", "recipe", "") or recipe
+        if recipe_name is None and recipe_path(method_name, dataset_name) is not None:
+            recipe_name = f"{method_name}_{dataset_name}"
+    if recipe_name is not None:
+        path = named_recipe(recipe_name)
+        recipe_name = str(path.relative_to(recipe_dir()).with_suffix(""))
+        layers.append((f"recipe {recipe_name}", _read_yaml(path)))
     if base is not None:
         layers.append(("the saved config", dict(base)))
     layers.extend(user_layers)
@@ -462,6 +507,8 @@ def load_config(
             raise InputError(f"bad value for config key {key!r} in {where}: {str(err).splitlines()[0]}") from err
     merged.method.name = method_name
     merged.data.dataset = dataset_name
+    if recipe_name is not None:
+        merged.run.recipe = recipe_name
     config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(config)
     return config

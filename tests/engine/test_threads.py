@@ -387,3 +387,25 @@ def test_live_busy_process_is_seen_as_load() -> None:
     assert len(others) >= 4
     assert sum(others) / len(others) >= 0.6, others
     assert gov.threads == 1, (others, gov.changes)
+
+
+def test_a_run_hands_back_the_callers_thread_count(tmp_path: Path) -> None:
+    """The trainer sets torch's thread count for its run (and the governor may lower it); the
+    caller gets its own count back, so a second run in the process starts from the same place."""
+    import torch
+
+    import collapselab
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        run = collapselab.train(
+            "byol", "digits", run={"name": "t", "out_dir": str(tmp_path)},
+            train={"epochs": 1, "max_steps_per_epoch": 1, "threads": 2, "device": "cpu"},
+            log={"progress": False, "tensorboard": False}, eval={"final": False, "knn_every": 0},
+            model={"backbone_args": {"width": 8}}, monitor={"probe_size": 32},
+        )
+        assert run.summary["threads"]["max_threads"] == 2  # the run itself used its own setting
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

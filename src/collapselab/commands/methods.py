@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from collapselab.config import available_recipes
+    from collapselab.config import available_recipes, recipe_dir
     from collapselab.methods import METHODS, describe_methods
 
     width = max(len(name) for name, _, _ in describe_methods())
@@ -26,5 +26,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {summary}")
         print(f"{'':<{width}}  switches: {shown}")
     print(f"\nrecipes (configs/): {', '.join(available_recipes())}")
+    for folder, use in (("small", "run.recipe=small/<name>; picked for npz/imagefolder on a CPU"),
+                        ("batch1024", "--config batch1024/<name>.yaml")):
+        names = sorted(p.stem for p in (recipe_dir() / folder).glob("*.yaml"))
+        if names:
+            print(f"{folder}/ ({use}): {', '.join(names)}")
     print("override any key: collapselab train simsiam digits method.stop_gradient=false")
     return EXIT_OK

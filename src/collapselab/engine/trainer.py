@@ -33,6 +33,7 @@ from collapselab.config import (
     config_from_dict,
     load_config,
     parse_duration,
+    pick_recipe,
     to_dict,
     to_yaml,
 )
@@ -310,6 +311,7 @@ class Trainer:
         while other processes keep cores busy when ``train.adapt_threads`` (CPU runs only)."""
         c = self.config
         cpus = available_cpus()
+        self.threads_before = torch.get_num_threads()
         self.max_threads = c.train.threads or max(1, min(torch.get_num_threads(), cpus))
         torch.set_num_threads(self.max_threads)
         adapt = c.train.adapt_threads and not c.train.deterministic and self.device.type == "cpu"
@@ -689,16 +691,16 @@ class Trainer:
             if self.budget is not None:
                 self.budget["time_used_s"] = time.perf_counter() - self.t_start
         except KeyboardInterrupt:
-            self._finish_compiled()
+            self._finish()
             self._write_summary("interrupted", time.perf_counter() - start_wall, None)
             self.logger.close()
             raise
         except Exception as err:
-            self._finish_compiled()
+            self._finish()
             self._write_summary("failed", time.perf_counter() - start_wall, None, error=str(err) if isinstance(err, TrainingError) else f"{type(err).__name__}: {err}")
             self.logger.close()
             raise
-        self._finish_compiled()
+        self._finish()
         if self.stop_reason is not None:
             status = "stopped"
             self._write(f"stopped: {self.stop_reason}")
@@ -710,10 +712,12 @@ class Trainer:
             distributed.barrier()
         return Run(self.run_dir, c, summary, self.method, history)
 
-    def _finish_compiled(self) -> None:
-        """Hand back eager modules (the final evaluation and the caller get plain networks)."""
+    def _finish(self) -> None:
+        """Hand back eager modules (the final evaluation and the caller get plain networks) and
+        the caller's torch thread count (the governor may have lowered it)."""
         if self.compiled is not None:
             self.compiled.disable()
+        torch.set_num_threads(self.threads_before)
 
     def _train_epoch(self) -> None:
         c = self.config
@@ -808,6 +812,7 @@ class Trainer:
             "method": c.method.name,
             "dataset": c.data.dataset,
             "backbone": c.model.backbone,
+            "recipe": c.run.recipe,
             "epochs_completed": self.epoch,
             "epochs": self.num_epochs,
             "total_steps": self.total_steps,
@@ -867,6 +872,17 @@ def _json_default(value: Any) -> Any:
 # --------------------------------------------------------------------------- entry point
 
 
+def auto_recipe(config: Config) -> tuple[str | None, str]:
+    """The recipe for ``config``'s dataset, which has none of its own: by the training images'
+    size and the device (:func:`~collapselab.config.pick_recipe`)."""
+    d = config.data
+    images = get_dataset(d.dataset, "train", data_dir=d.data_dir, download=d.download).images
+    side = int(max(images.shape[-2:]))
+    device = _resolve_device(config.train.device, "train.device")
+    picked, why = pick_recipe(config.method.name, side, device.type)
+    return picked, f"{d.dataset} has no {config.method.name} recipe; {why}"
+
+
 def default_run_name(config: Config) -> str:
     return f"{config.method.name}_{config.data.dataset}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -910,6 +926,13 @@ def train(
                               base=to_dict(cfg), **kwargs)
         return Trainer(cfg, run_dir, resume=True).fit()
     cfg = load_config(method, dataset, config_file=config, overrides=overrides, **kwargs)
+    if cfg.run.recipe is None:  # a dataset without a recipe: pick one by image size and device
+        picked, why = auto_recipe(cfg)
+        if picked is not None:
+            cfg = load_config(method, dataset, config_file=config, overrides=overrides, recipe=picked, **kwargs)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"recipe: {picked} ({why}; choose with run.recipe=...)" if picked is not None
+                  else f"recipe: none ({why}); the schema defaults apply")
     name = cfg.run.name or default_run_name(cfg)
     run_dir = Path(cfg.run.out_dir) / name
     if (run_dir / "checkpoints" / LAST).exists():

@@ -1,0 +1,94 @@
+"""Recipes for datasets without their own: ``pick_recipe`` chooses by image size and device,
+``collapselab.train`` applies and reports the choice, ``run.recipe`` names one explicitly, and
+every shipped small-image recipe trains on images of its size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import collapselab
+from collapselab._validation import InputError
+from collapselab.config import SMALL_RECIPE_MAX_16PX, load_config, pick_recipe, recipe_dir
+from collapselab.methods import METHODS
+
+torch.set_num_threads(1)
+
+SMALL = sorted(str(p.relative_to(recipe_dir()).with_suffix("")) for p in (recipe_dir() / "small").glob("*.yaml"))
+
+
+def write_npz(folder: Path, side: int, channels: int = 3, n_train: int = 120, n_test: int = 40) -> Path:
+    """A random 10-class dataset of ``side``-px images in the layout ``dataset=npz`` reads."""
+    rng = np.random.default_rng(side)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        x = rng.integers(0, 256, size=(n, side, side, channels), dtype=np.uint8)
+        np.savez(folder / f"{split}.npz", x=x, y=np.arange(n) % 10)
+    return folder
+
+
+def quick(out_dir: Path, name: str, data_dir: Path, **extra: dict) -> dict:
+    settings = {
+        "run": {"name": name, "out_dir": str(out_dir)},
+        "data": {"data_dir": str(data_dir), "batch_size": 32},
+        "train": {"epochs": 1, "max_steps_per_epoch": 2, "threads": 1, "adapt_threads": False, "device": "cpu"},
+        "log": {"progress": False, "tensorboard": False},
+        "eval": {"final": False, "knn_every": 0},
+        "monitor": {"probe_size": 32},
+    }
+    for key, value in extra.items():
+        settings[key] = {**settings.get(key, {}), **value}
+    return settings
+
+
+def test_every_method_has_small_recipes_for_16_and_32_px() -> None:
+    assert SMALL == sorted(f"small/{m}_{s}px" for m in METHODS for s in (16, 32))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_pick_recipe_by_size_and_device(method: str) -> None:
+    assert pick_recipe(method, 32, "cuda")[0] == f"{method}_cifar10"
+    assert pick_recipe(method, 16, "cuda")[0] == f"{method}_cifar10"
+    assert pick_recipe(method, 16, "cpu")[0] == f"small/{method}_16px"
+    assert pick_recipe(method, SMALL_RECIPE_MAX_16PX, "cpu")[0] == f"small/{method}_16px"
+    assert pick_recipe(method, SMALL_RECIPE_MAX_16PX + 1, "cpu")[0] == f"small/{method}_32px"
+    assert pick_recipe(method, 64, "mps")[0] == f"small/{method}_32px"
+    assert pick_recipe("not_a_method", 32, "cpu")[0] is None
+
+
+@pytest.mark.parametrize("recipe", SMALL)
+def test_every_small_recipe_trains_on_images_of_its_size(tmp_path: Path, recipe: str) -> None:
+    method, size = recipe.removeprefix("small/").rsplit("_", 1)
+    data = write_npz(tmp_path / "data", int(size.removesuffix("px")))
+    run = collapselab.train(method, "npz", **quick(tmp_path, "r", data, run={"recipe": recipe}))
+    assert run.summary["recipe"] == recipe and run.summary["steps"] == 2
+    assert run.summary["status"] == "completed"
+
+
+@pytest.mark.parametrize(("side", "channels"), [(16, 3), (32, 3), (28, 1)])
+def test_train_on_npz_picks_reports_and_records_the_recipe(tmp_path: Path, capsys, side: int, channels: int) -> None:
+    data = write_npz(tmp_path / "data", side, channels)
+    run = collapselab.train("simclr", "npz", **quick(tmp_path, "r", data, data={"batch_size": 16}))
+    expected = f"small/simclr_{16 if side <= SMALL_RECIPE_MAX_16PX else 32}px"
+    assert run.summary["recipe"] == run.config.run.recipe == expected
+    assert f"recipe: {expected} (npz has no simclr recipe; {side}-px images on cpu" in capsys.readouterr().out
+    assert run.config.data.batch_size == 16  # the user's layers still win over the picked recipe
+    reference = load_config("simclr", "npz", recipe=expected, data={"batch_size": 16})
+    assert run.config.model == reference.model and run.config.optim == reference.optim
+    saved = (run.dir / "config.yaml").read_text()
+    assert f"recipe: {expected}" in saved
+
+
+def test_a_dataset_with_a_recipe_keeps_it() -> None:
+    assert load_config("byol", "digits").run.recipe == "byol_digits"
+    assert load_config("byol", "npz").run.recipe is None  # train() picks one once it sees the images
+
+
+def test_unknown_recipe_is_a_one_line_error_with_the_near_miss() -> None:
+    with pytest.raises(InputError, match=r"run\.recipe='small/byol_32' is not a shipped recipe; did you mean "
+                                         r"'small/byol_32px'\?") as err:
+        load_config("byol", "npz", run={"recipe": "small/byol_32"})
+    assert "\n" not in str(err.value)
