@@ -93,7 +93,7 @@ class TrainConfig:
     """``device``: auto (CUDA if available) | cpu | cuda | cuda:N. ``amp``: auto (bf16 on CUDA,
     off on CPU) | bf16 | fp16 (CUDA only) | off.
 
-    The fast path (docs/performance.md): ``channels_last``: auto (on for CUDA) | on | off —
+    The fast path (docs/performance.md): ``channels_last``: auto (on for CUDA and the CPU) | on | off —
     NHWC memory layout for the backbone and the views (faster convolutions on tensor cores).
     ``compile``: auto | on | off — ``torch.compile`` the backbone(s); auto compiles on CUDA when
     the run has at least 5,000 steps (compiling takes about a minute, the gain is a few percent)
@@ -287,7 +287,8 @@ SMALL_RECIPE_MAX_16PX = 20
 def pick_recipe(method: str, image_side: int, device_type: str) -> tuple[str | None, str]:
     """(recipe, why) for a dataset without a recipe of its own: on CUDA the CIFAR-10 recipe
     (ResNet-18, CIFAR stem); elsewhere the small-CNN CPU recipe for 16-px images (sides up to
-    :data:`SMALL_RECIPE_MAX_16PX`) or for 32-px ones. None when no such recipe is shipped."""
+    :data:`SMALL_RECIPE_MAX_16PX`) or for 32-px ones. None when no such recipe is shipped.
+    See :func:`recipe_adaptation` for what changes with the number of channels."""
     if device_type == "cuda":
         name, why = f"{method}_cifar10", f"{image_side}-px images on CUDA: ResNet-18"
     else:
@@ -296,6 +297,16 @@ def pick_recipe(method: str, image_side: int, device_type: str) -> tuple[str | N
     if not (recipe_dir() / f"{name}.yaml").is_file():
         return None, f"no shipped recipe {name}"
     return name, why
+
+
+def recipe_adaptation(channels: int) -> tuple[dict[str, Any], str | None]:
+    """Settings layered over a picked recipe for the data's channels, and why. One-channel
+    images get no horizontal flips: grey-scale small-image sets are mostly digits and
+    characters, which a mirror changes (on 32-px handwritten digits flips cost 5 kNN points, on
+    16-px CIFAR-10 photos dropping them cost 1; docs/performance.md)."""
+    if channels == 1:
+        return {"data": {"augment": {"flip_p": 0.0}}}, "1-channel images: data.augment.flip_p=0"
+    return {}, None
 
 
 def shipped_config(path: str | os.PathLike) -> Path | None:
@@ -457,6 +468,7 @@ def load_config(
     use_recipe: bool = True,
     base: Mapping[str, Any] | None = None,
     recipe: str | None = None,
+    recipe_layer: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> Config:
     """Build and validate a run's :class:`Config` from the layers described in the module doc.
@@ -465,7 +477,8 @@ def load_config(
     layer take precedence. ``overrides`` are dotted strings, ``kwargs`` Python shorthands (see
     :func:`shorthand`). ``base``: a saved config (a resumed run's) used instead of the recipe.
     ``recipe``: the recipe to start from unless a layer sets ``run.recipe`` (default
-    ``<method>_<dataset>`` when shipped).
+    ``<method>_<dataset>`` when shipped). ``recipe_layer``: settings layered over the recipe and
+    under the user's layers (what :func:`pick_recipe` adapts to the data).
     """
     if isinstance(kwargs.get("method"), str):
         method = kwargs.pop("method")
@@ -493,6 +506,8 @@ def load_config(
         path = named_recipe(recipe_name)
         recipe_name = str(path.relative_to(recipe_dir()).with_suffix(""))
         layers.append((f"recipe {recipe_name}", _read_yaml(path)))
+        if recipe_layer:
+            layers.append((f"the adaptation of recipe {recipe_name}", dict(recipe_layer)))
     if base is not None:
         layers.append(("the saved config", dict(base)))
     layers.extend(user_layers)

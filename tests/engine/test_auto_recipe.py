@@ -92,3 +92,15 @@ def test_unknown_recipe_is_a_one_line_error_with_the_near_miss() -> None:
                                          r"'small/byol_32px'\?") as err:
         load_config("byol", "npz", run={"recipe": "small/byol_32"})
     assert "\n" not in str(err.value)
+
+
+def test_one_channel_images_get_no_flips_and_the_user_still_wins(tmp_path: Path, capsys) -> None:
+    data = write_npz(tmp_path / "data", 32, channels=1)
+    run = collapselab.train("byol", "npz", **quick(tmp_path, "grey", data))
+    assert run.config.data.augment["flip_p"] == 0.0
+    assert run.config.data.augment["crop_scale"] == load_config("byol", "npz", recipe="small/byol_32px").data.augment["crop_scale"]
+    assert "1-channel images: data.augment.flip_p=0" in capsys.readouterr().out
+    mine = collapselab.train("byol", "npz", overrides=["data.augment.flip_p=0.3"], **quick(tmp_path, "mine", data))
+    assert mine.config.data.augment["flip_p"] == 0.3
+    colour = collapselab.train("byol", "npz", **quick(tmp_path, "colour", write_npz(tmp_path / "rgb", 32)))
+    assert "flip_p" not in colour.config.data.augment  # the recipe's own (the default 0.5)

@@ -157,14 +157,21 @@ def test_channels_last_on_cpu_trains_in_nhwc_and_matches_the_default_layout(tmp_
         torch.testing.assert_close(b[key].float(), a[key].float(), atol=1e-4, rtol=1e-3, msg=key)
 
 
-def test_channels_last_auto_is_off_on_cpu_and_yaml_booleans_are_accepted(tmp_path: Path) -> None:
+def test_channels_last_auto_is_on_for_cpu_convnets_and_yaml_booleans_are_accepted(tmp_path: Path) -> None:
     assert load_config("byol", "digits", train={"channels_last": True}).train.channels_last == "on"
     assert load_config("byol", "digits", overrides=["train.compile=off"]).train.compile == "off"
     with pytest.raises(InputError, match=r"train.compile must be auto, on or off.*did you mean 'auto'"):
         load_config("byol", "digits", train={"compile": "autp"})
     run = collapselab.train("byol", "digits", **tiny(tmp_path))
     fast = json.loads((run.dir / "summary.json").read_text())["fast_path"]
-    assert fast["channels_last"] is False and fast["compile"] is False and "CUDA" in fast["compile_reason"]
+    assert fast["channels_last"] is True and fast["compile"] is False and "CUDA" in fast["compile_reason"]
+    from collapselab.engine.fastpath import use_channels_last
+    from collapselab.models import build_backbone
+
+    cpu = torch.device("cpu")
+    assert use_channels_last("auto", cpu, build_backbone("small_cnn", in_channels=1, width=8))
+    assert not use_channels_last("auto", cpu, build_backbone("mlp", input_dim=64))  # no convolutions
+    assert not use_channels_last("auto", torch.device("mps"), build_backbone("small_cnn", in_channels=1, width=8))
 
 
 @pytest.mark.slow  # torch.compile on 2 cores: ~10-30 s

@@ -34,6 +34,7 @@ from collapselab.config import (
     load_config,
     parse_duration,
     pick_recipe,
+    recipe_adaptation,
     to_dict,
     to_yaml,
 )
@@ -616,7 +617,14 @@ class Trainer:
         monitor_s = 0.0
         if c.monitor.enabled:
             checks = self.steps_per_epoch / c.monitor.every if c.monitor.every else 1.0
-            monitor_s = self.monitor_check_s * checks
+            check_s = self.monitor_check_s  # the reference check, which also paid first-call costs
+            if self.main:  # a second check on a copy of the monitor: the steady cost, no record
+                t_check = time.perf_counter()
+                probe = self.probe_embeddings()
+                codes = probe.pop("codes", None)
+                copy.deepcopy(self.monitor).update(self.global_step + 1, probe, codes=codes)
+                check_s = time.perf_counter() - t_check
+            monitor_s = check_s * checks
         knn_s = save_s = 0.0
         if self.main:
             if c.eval.knn_every and self.eval_set is not None:
@@ -872,15 +880,19 @@ def _json_default(value: Any) -> Any:
 # --------------------------------------------------------------------------- entry point
 
 
-def auto_recipe(config: Config) -> tuple[str | None, str]:
-    """The recipe for ``config``'s dataset, which has none of its own: by the training images'
-    size and the device (:func:`~collapselab.config.pick_recipe`)."""
+def auto_recipe(config: Config) -> tuple[str | None, dict[str, Any], str]:
+    """(recipe, adaptation, why) for ``config``'s dataset, which has no recipe of its own: by the
+    training images' size and the device (:func:`~collapselab.config.pick_recipe`), adapted to
+    their channels (:func:`~collapselab.config.recipe_adaptation`)."""
     d = config.data
     images = get_dataset(d.dataset, "train", data_dir=d.data_dir, download=d.download).images
     side = int(max(images.shape[-2:]))
     device = _resolve_device(config.train.device, "train.device")
     picked, why = pick_recipe(config.method.name, side, device.type)
-    return picked, f"{d.dataset} has no {config.method.name} recipe; {why}"
+    adapt, adapt_why = recipe_adaptation(int(images.shape[1]))
+    if adapt_why is not None and picked is not None:
+        why = f"{why}; {adapt_why}"
+    return picked, adapt, f"{d.dataset} has no {config.method.name} recipe; {why}"
 
 
 def default_run_name(config: Config) -> str:
@@ -927,9 +939,10 @@ def train(
         return Trainer(cfg, run_dir, resume=True).fit()
     cfg = load_config(method, dataset, config_file=config, overrides=overrides, **kwargs)
     if cfg.run.recipe is None:  # a dataset without a recipe: pick one by image size and device
-        picked, why = auto_recipe(cfg)
+        picked, adapt, why = auto_recipe(cfg)
         if picked is not None:
-            cfg = load_config(method, dataset, config_file=config, overrides=overrides, recipe=picked, **kwargs)
+            cfg = load_config(method, dataset, config_file=config, overrides=overrides, recipe=picked,
+                              recipe_layer=adapt, **kwargs)
         if os.environ.get("RANK", "0") == "0":
             print(f"recipe: {picked} ({why}; choose with run.recipe=...)" if picked is not None
                   else f"recipe: none ({why}); the schema defaults apply")
