@@ -84,7 +84,7 @@ def test_falling_trend_raises_warning_before_threshold() -> None:
     ranks = monitor.history["emb"]["effective_rank"]
     assert ranks[-1] > 0.3 * ranks[0]
     assert monitor.levels["emb"]["dimensional"][-1] == "warning"
-    assert "falling" in monitor.latest["emb"].reasons["dimensional"]
+    assert "fell at each of the last" in monitor.latest["emb"].reasons["dimensional"]
 
 
 def test_falling_trend_rule() -> None:

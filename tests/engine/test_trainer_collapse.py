@@ -74,3 +74,31 @@ def test_monitor_policy_stop_ends_the_run_at_the_first_collapsed_alarm(tmp_path:
     assert summary["status"] == "stopped"
     assert summary["epochs_completed"] < 20
     assert "collapse alarm" in summary["stop_reason"]
+
+
+def final_flags(summary: dict) -> dict[str, set[str]]:
+    """name → the modes whose end-of-run verdict is warning or collapsed."""
+    return {name: {m for m, v in modes.items() if v["level"] in ("warning", "collapsed")}
+            for name, modes in summary["final_verdict"].items()}
+
+
+def test_watch_it_collapse_example_ends_with_a_collapse_verdict_and_its_start(tmp_path: Path) -> None:
+    """docs' example `collapselab train simsiam digits method.stop_gradient=false`: it used to raise
+    warnings and then end with every verdict healthy while kNN fell below both baselines."""
+    _, summary = run(tmp_path, "simsiam", "nosg", method={"stop_gradient": False})
+    flags = final_flags(summary)
+    assert "dimensional" in flags["emb"], summary["final_verdict"]
+    final = summary["final_verdict"]["emb"]["dimensional"]
+    assert final["since"] is not None and final["since"] > 0
+    assert final["reason"].startswith("the embedding uses ")
+    assert summary["worst_verdict"] in ("warning", "collapsed")
+
+
+def test_vicreg_without_its_variance_term_is_flagged_inside_a_short_run(tmp_path: Path) -> None:
+    """`vicreg digits method.variance_weight=0 train.epochs=5`: the loss falls to its collapse value
+    (0 without the variance term) within the recipe's 4-epoch warm-up; it used to end with 0 alarms."""
+    _, summary = run(tmp_path, "vicreg", "novar", method={"variance_weight": 0.0}, train={"epochs": 5})
+    assert summary["collapse_loss"] == 0.0
+    flags = final_flags(summary)
+    assert any(flags.values()), summary["final_verdict"]
+    assert summary["alarms"], "the warm-up delays the alarm, it does not erase it"

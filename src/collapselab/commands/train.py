@@ -85,10 +85,15 @@ def report(summary: dict[str, Any], run_dir: str) -> str:
     lines = [f"\n{summary['method']} on {summary['dataset']}: {summary['status']} after "
              f"{summary['epochs_completed']} epochs, {summary['steps']} steps, {summary['wall_time_s']:.1f} s"
              + (f" ({summary['throughput_img_per_s']:.0f} img/s)" if summary.get("throughput_img_per_s") else "")]
+    final = summary.get("final_verdict") or {}
     for name, d in summary["diagnosis"].items():
         metrics = {k: (float("nan") if v is None else v) for k, v in d["metrics"].items()}
+        verdict, reasons = dict(d["verdict"]), dict(d["reasons"])
+        for mode, v in (final.get(name) or {}).items():  # the end-of-run verdict, not only the last check's
+            verdict[mode] = v["level"]
+            reasons[mode] = (f"since step {v['since']}: " if v.get("since") is not None else "") + v["reason"]
         lines += ["", f"== '{name}' ({'backbone features' if name == 'repr' else 'projector output' if name == 'emb' else name})",
-                  str(Diagnosis(metrics, d["verdict"], d["reasons"]))]
+                  str(Diagnosis(metrics, verdict, reasons))]
     alarms = summary.get("alarms") or []
     lines.append("")
     lines.append(f"alarms: {len(alarms)}")

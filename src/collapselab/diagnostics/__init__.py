@@ -20,7 +20,7 @@ from collapselab.diagnostics.geometry import (
     total_variance,
     uniformity,
 )
-from collapselab.diagnostics.monitor import Alarm, CollapseMonitor
+from collapselab.diagnostics.monitor import Alarm, CollapseMonitor, replay
 from collapselab.diagnostics.spectrum import (
     StreamingCovariance,
     alpha_req,
@@ -65,6 +65,7 @@ __all__ = [
     "normalized_std",
     "rankme",
     "relative_variance",
+    "replay",
     "spectral_metrics",
     "spectral_stable_rank",
     "stable_rank",

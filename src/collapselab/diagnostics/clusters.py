@@ -79,7 +79,9 @@ def code_usage(codes: ArrayLike, n_codes: int | None = None) -> dict[str, float]
 
     - ``code_entropy`` H(q) = −Σ_j q_j log q_j, ``code_perplexity`` exp H(q) (= k when k codes are
       used equally), ``code_used_fraction`` = #{j: q_j > 0}/c, ``code_max_perplexity`` = min(c, N)
-      (the most a batch of N samples can show) and ``code_perplexity_ratio`` = perplexity / that.
+      (the most a batch of N samples can show) and ``code_perplexity_ratio`` = perplexity / that;
+      ``code_used_vs_chance`` = codes used / c·(1 − (1 − 1/c)^N), the number N samples drawn
+      uniformly at random would use on average (≈ 1 for balanced use, whatever N/c is).
     - For probabilities also ``code_soft_perplexity`` exp H(p̄) of the mean probability p̄, and
       ``code_sample_entropy_ratio`` = mean_i H(p_i) / log c: 1 when every sample's code
       distribution is uniform (DINO's "uniform" collapse), near 0 for confident assignments.
@@ -97,6 +99,7 @@ def code_usage(codes: ArrayLike, n_codes: int | None = None) -> dict[str, float]
         "code_max_perplexity": float(min(c, n)),
     }
     out["code_perplexity_ratio"] = out["code_perplexity"] / out["code_max_perplexity"]
+    out["code_used_vs_chance"] = out["code_used"] / (c * -math.expm1(n * math.log1p(-1.0 / c))) if c > 1 else 1.0
     if probs is not None:
         out["code_soft_perplexity"] = math.exp(_entropy(probs.mean(dim=0)))
         sample_entropy = -(probs * probs.clamp_min(1e-300).log()).sum(dim=1).mean()

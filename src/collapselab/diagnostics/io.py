@@ -69,12 +69,24 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
     return arr
 
 
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
 def _load_text(path: Path) -> np.ndarray:
-    """Comma- or whitespace-separated numbers; a non-numeric first line is taken as a header."""
+    """Comma- or whitespace-separated numbers. The first line is a header only when none of its
+    fields is a number; a bad value anywhere else (the first data row included) is an error that
+    names its line."""
     with path.open() as handle:
         first = handle.readline()
     delimiter = "," if "," in first else None
+    fields = [f.strip() for f in (first.split(delimiter) if delimiter else first.split())]
+    header = bool(fields) and not any(_is_number(f) for f in fields if f)
     try:
-        return np.loadtxt(path, delimiter=delimiter, ndmin=2)
-    except ValueError:
-        return np.loadtxt(path, delimiter=delimiter, ndmin=2, skiprows=1)
+        return np.loadtxt(path, delimiter=delimiter, ndmin=2, skiprows=1 if header else 0)
+    except ValueError as err:
+        raise InputError(f"{path}: cannot read as a table of numbers ({err})") from err

@@ -14,10 +14,26 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from collapselab._validation import ArrayLike, InputError
-from collapselab.diagnostics.verdict import LEVELS, MODES, NOT_APPLICABLE, Diagnosis, diagnose
+from collapselab.diagnostics.verdict import (
+    LEVELS,
+    MODES,
+    NOT_APPLICABLE,
+    Diagnosis,
+    diagnose,
+    judge,
+)
 
 TREND_METRICS = {"dimensional": "effective_rank", "complete": "total_variance"}
 """Metrics whose steady fall raises a warning before their level crosses a threshold."""
+LOSS_AT_COLLAPSE = 0.05
+"""The loss is "at its collapse value" L* when |L − L*| ≤ 5 % of |L₀ − L*|, L₀ the first loss the
+monitor saw: it has covered 95 % of the way to the value a collapsed network scores."""
+PEAK_FALL = 0.15
+"""Effective rank below 15 % of its peak over the run (and below where it started): the whole-run
+trend, which a steady-fall window misses when the fall is fast or noisy."""
+RECOVERY_CHECKS = 3
+"""A mode's final verdict is the worst of its last 3 checks: one healthy check between warnings
+is not a recovery (SimSiam without stop-gradient on digits alternates)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,16 @@ class Alarm:
         )
 
 
+def loss_at_collapse(losses: list[tuple[int, float]], target: float, fraction: float = LOSS_AT_COLLAPSE) -> bool:
+    """True if the last loss has covered all but ``fraction`` of the distance from the first loss
+    to ``target`` (the loss at complete collapse)."""
+    if len(losses) < 2:
+        return False
+    first, last = losses[0][1], losses[-1][1]
+    start = abs(first - target)
+    return start > 1e-12 and abs(last - target) <= fraction * start
+
+
 def falling_trend(values: list[float], window: int, drop: float) -> bool:
     """True if each of the last ``window`` values is below the one before it and the last is more
     than ``drop`` (a fraction) below the value ``window`` checks earlier."""
@@ -49,6 +75,10 @@ def falling_trend(values: list[float], window: int, drop: float) -> bool:
         return False
     steady = all(b < a for a, b in itertools.pairwise(recent))
     return steady and recent[-1] < (1.0 - drop) * recent[0]
+
+
+def _worse(a: str, b: str) -> str:
+    return max(a, b, key=LEVELS.index)
 
 
 class CollapseMonitor:
@@ -69,6 +99,12 @@ class CollapseMonitor:
             transiently: healthy VICReg on digits drops its embedding's effective rank from 19 to
             2.6 at step 20 and recovers (docs/diagnostics.md).
         max_pairwise_samples: passed to :func:`diagnose` (uniformity subsample).
+        collapse_loss: the training loss at complete collapse (``SSLMethod.collapse_loss``); with
+            the losses passed to :meth:`update`, a loss that has reached it is a complete-collapse
+            warning (:func:`loss_at_collapse`).
+        recovery_checks: the final verdict of a mode is the worst of its last this many checks
+            (after the warm-up): a run that warned and did not stay healthy that long has not
+            recovered.
 
     ``history[name][metric]`` lists values aligned with ``steps[name]``; ``levels[name][mode]``
     the verdicts; ``first_unhealthy[name][mode]`` the step at which a mode first left "healthy";
@@ -84,6 +120,8 @@ class CollapseMonitor:
         trend_drop: float = 0.5,
         warmup_steps: int = 0,
         max_pairwise_samples: int = 1024,
+        collapse_loss: float | None = None,
+        recovery_checks: int = RECOVERY_CHECKS,
     ) -> None:
         if every < 1:
             raise InputError(f"CollapseMonitor: every must be >= 1, got {every}")
@@ -95,9 +133,13 @@ class CollapseMonitor:
         self.trend_drop = trend_drop
         self.warmup_steps = warmup_steps
         self.max_pairwise_samples = max_pairwise_samples
+        self.collapse_loss = collapse_loss
+        self.recovery_checks = max(int(recovery_checks), 1)
+        self.losses: list[tuple[int, float]] = []
         self.steps: dict[str, list[int]] = {}
         self.history: dict[str, dict[str, list[float]]] = {}
         self.levels: dict[str, dict[str, list[str]]] = {}
+        self.verdict_history: dict[str, dict[str, list[str]]] = {}
         self.references: dict[str, dict[str, float]] = {}
         self.first_unhealthy: dict[str, dict[str, int]] = {}
         self.latest: dict[str, Diagnosis] = {}
@@ -114,30 +156,40 @@ class CollapseMonitor:
         views: Mapping[str, ArrayLike] | None = None,
         codes: ArrayLike | None = None,
         labels: ArrayLike | None = None,
+        loss: float | None = None,
     ) -> list[Alarm]:
         """Diagnose each named embedding at ``step``; return the alarms this update raised.
 
         ``views`` maps a name to a second view of the same inputs; ``codes`` and ``labels`` apply
-        to every name. Steps must increase.
+        to every name; ``loss`` is the training loss around ``step`` (e.g. the mean since the last
+        check). Steps must increase.
         """
         if not embeddings:
             raise InputError("CollapseMonitor.update: no embeddings given")
-        new: list[Alarm] = []
+        diagnoses = {}
         for name, z in embeddings.items():
             seen = self.steps.get(name, [])
             if seen and step <= seen[-1]:
                 raise InputError(
                     f"CollapseMonitor.update: step {step} for '{name}' is not after {seen[-1]}"
                 )
-            reference = self.references.get(name) if self.use_reference else None
-            diag = diagnose(
+            diagnoses[name] = diagnose(
                 z,
                 views=None if views is None else views.get(name),
                 codes=codes,
                 labels=labels,
-                reference=reference,
+                reference=self.references.get(name) if self.use_reference else None,
                 max_pairwise_samples=self.max_pairwise_samples,
             )
+        return self.observe(step, diagnoses, loss=loss)
+
+    def observe(self, step: int, diagnoses: Mapping[str, Diagnosis], *, loss: float | None = None) -> list[Alarm]:
+        """Record already-made diagnoses (one per name) at ``step`` and apply the history rules;
+        :meth:`update` is :func:`diagnose` followed by this, :func:`replay` feeds recorded ones."""
+        if loss is not None and math.isfinite(float(loss)):
+            self.losses.append((int(step), float(loss)))
+        new: list[Alarm] = []
+        for name, diag in diagnoses.items():
             if self.use_reference and name not in self.references:
                 self.references[name] = dict(diag.metrics)
             self._record(step, name, diag)
@@ -169,11 +221,27 @@ class CollapseMonitor:
                 # a fall back towards the starting level (after an early overshoot) is not a collapse trend
                 if falling_trend(values, self.trend_window, self.trend_drop) and values[-1] < start:
                     level = "warning"
+                    what = "effective rank" if metric == "effective_rank" else "total variance"
                     reason = (
-                        f"{metric} falling for {self.trend_window} checks: "
-                        f"{values[-self.trend_window - 1]:.4g} -> {values[-1]:.4g}"
+                        f"the {what} fell at each of the last {self.trend_window} checks, "
+                        f"from {values[-self.trend_window - 1]:.4g} to {values[-1]:.4g}"
                     )
                     diag.verdict[mode], diag.reasons[mode] = level, reason
+            if mode == "dimensional" and level == "healthy":
+                values = [v for v in self.history[name]["effective_rank"] if math.isfinite(v)]
+                start = self.references.get(name, {}).get("effective_rank", math.inf)
+                peak = max(values, default=math.nan)
+                if values and values[-1] < PEAK_FALL * peak and values[-1] < start:
+                    level = "warning"
+                    reason = (f"{reason}; that is {values[-1] / peak:.2f}× the most it used during the run "
+                              f"({peak:.1f})")
+                    diag.verdict[mode], diag.reasons[mode] = level, reason
+            if mode == "complete" and self.collapse_loss is not None and self.losses and self.losses[-1][0] == step \
+                    and loss_at_collapse(self.losses, self.collapse_loss):
+                level = _worse(level, "warning")
+                reason = (f"{reason}; the loss {self.losses[-1][1]:.4g} has reached the value a collapsed network "
+                          f"scores ({self.collapse_loss:.4g}; it started at {self.losses[0][1]:.4g})")
+                diag.verdict[mode], diag.reasons[mode] = level, reason
             steps = self.steps[name]
             previous = next(
                 (
@@ -184,12 +252,44 @@ class CollapseMonitor:
                 "healthy",
             )
             levels[mode].append(level)
+            self.verdict_history.setdefault(name, {}).setdefault(mode, []).append(reason)
             if level in ("warning", "collapsed") and step >= self.warmup_steps:
                 firsts.setdefault(mode, step)
                 if LEVELS.index(level) > LEVELS.index(previous):
                     alarms.append(Alarm(step, name, mode, level, previous, reason, firsts[mode]))
         self.latest[name] = diag
         return alarms
+
+    def final_verdict(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """The end-of-run verdict: name → mode → ``{"level", "since", "reason"}``.
+
+        A mode's level is the worst of its last ``recovery_checks`` checks at or after the warm-up
+        (or of the last check, if none came after it): the warm-up delays alarms but never hides
+        a state the run ended in. ``since`` is the first step of the unhealthy stretch the run
+        ended in (None when healthy or n/a); ``reason`` the sentence of the worst check.
+        """
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for name, steps in self.steps.items():
+            out[name] = {}
+            history = self.verdict_history.get(name, {})
+            for mode in MODES:
+                levels = self.levels[name][mode]
+                reasons = history.get(mode, [""] * len(levels))
+                judged = [i for i, at in enumerate(steps) if at >= self.warmup_steps] or [len(steps) - 1]
+                recent = [i for i in judged[-self.recovery_checks:] if levels[i] != NOT_APPLICABLE]
+                if not recent:
+                    out[name][mode] = {"level": NOT_APPLICABLE, "since": None, "reason": reasons[-1] if reasons else ""}
+                    continue
+                worst = max(recent, key=lambda i: (LEVELS.index(levels[i]), i))
+                level = levels[worst]
+                since = None
+                if level != "healthy":
+                    start = worst
+                    while start > 0 and levels[start - 1] in ("warning", "collapsed"):
+                        start -= 1
+                    since = steps[start]
+                out[name][mode] = {"level": level, "since": since, "reason": reasons[worst]}
+        return out
 
     @property
     def worst(self) -> str:
@@ -210,6 +310,9 @@ class CollapseMonitor:
                 for k, d in self.latest.items()
             },
             "alarms": [asdict(a) for a in self.alarms],
+            "verdict_history": {k: {m: list(v) for m, v in h.items()} for k, h in self.verdict_history.items()},
+            "losses": [list(x) for x in self.losses],
+            "collapse_loss": self.collapse_loss,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -224,6 +327,10 @@ class CollapseMonitor:
             for k, d in state["latest"].items()
         }
         self.alarms = [Alarm(**a) for a in state["alarms"]]
+        self.verdict_history = {k: {m: list(v) for m, v in h.items()} for k, h in state.get("verdict_history", {}).items()}
+        self.losses = [(int(s), float(v)) for s, v in state.get("losses", [])]
+        if state.get("collapse_loss") is not None:
+            self.collapse_loss = float(state["collapse_loss"])
 
     def summary(self) -> dict[str, Any]:
         """JSON-able summary: latest verdicts and metrics, first unhealthy steps, alarms."""
@@ -232,4 +339,38 @@ class CollapseMonitor:
             "first_unhealthy": {k: dict(v) for k, v in self.first_unhealthy.items()},
             "alarms": [asdict(a) for a in self.alarms],
             "worst": self.worst,
+            "final": self.final_verdict(),
         }
+
+
+def replay(
+    record: Mapping[str, Mapping[str, Any]],
+    *,
+    losses: list[tuple[int, float]] | list[list[float]] | None = None,
+    collapse_loss: float | None = None,
+    warmup_steps: int = 0,
+    **kwargs: Any,
+) -> CollapseMonitor:
+    """A monitor that has seen recorded checks again, judged by the current rules.
+
+    ``record``: name → ``{"steps": [...], "metrics": {metric: [...]}}`` (what
+    :meth:`CollapseMonitor.state_dict` holds as ``steps`` / ``history``); ``losses``: (step,
+    loss) pairs, each given to the check at or after its step. The verdicts equal those of a
+    monitor that saw the embeddings live (the rules read only these metrics).
+    """
+    monitor = CollapseMonitor(warmup_steps=warmup_steps, collapse_loss=collapse_loss, **kwargs)
+    loss_at = {int(step): float(value) for step, value in (losses or []) if value is not None}
+    all_steps = sorted({int(s) for entry in record.values() for s in entry["steps"]})
+    for step in all_steps:
+        diagnoses = {}
+        for name, entry in record.items():
+            steps = [int(s) for s in entry["steps"]]
+            if step not in steps:
+                continue
+            i = steps.index(step)
+            metrics = {k: (math.nan if v[i] is None else float(v[i])) for k, v in entry["metrics"].items()}
+            metrics = {k: v for k, v in metrics.items() if not (math.isnan(v) and k.startswith("code"))}
+            reference = monitor.references.get(name) if monitor.use_reference else None
+            diagnoses[name] = judge(metrics, reference)
+        monitor.observe(step, diagnoses, loss=loss_at.get(step))
+    return monitor

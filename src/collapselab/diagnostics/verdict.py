@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from collapselab._validation import (
@@ -74,6 +76,16 @@ at initialisation to 4–6), BYOL without predictor at τ = 0.9 0.06, SimSiam wi
 stop-gradient 0.04–0.05)."""
 DIMENSIONAL_WARNING_VS_REFERENCE = 0.15
 """With a reference: effective rank fell below 15 % of its reference value."""
+DIMENSIONAL_COLLAPSED_OCCUPANCY = 0.01
+"""Whatever the reference: effective rank under 1 % of the available dimensions min(D, N − 1) is
+collapse. A low start is no excuse: a reference says where the network began, not what it should
+use. Collapse zoo, calibration half (benchmarks/collapse_zoo.py, docs/diagnostics.md): collapsed
+runs ended at 0.78-1.12 %, healthy ones at 1.30 % and above (short small-CNN runs on 16-px
+CIFAR-10 images, projector output: 6.7 of 511)."""
+DIMENSIONAL_WARNING_OCCUPANCY = 0.0125
+"""Whatever the reference: under 1.25 % is a warning (3 of 256 directions is 1.17 %; the BYOL
+ResNet-18 projector on CIFAR-10 reported at 3-4 of 256 lies at 1.2-1.6 %, the upper part of which
+healthy short runs in the zoo also reach, so it cannot be called from occupancy alone)."""
 DIMENSIONAL_COLLAPSED_ABSOLUTE = 2.0
 """Fewer than 2 effective directions is collapse whatever the reference, when at least 4
 dimensions are available (a 2- or 3-unit bottleneck is low-rank by construction)."""
@@ -83,6 +95,11 @@ CLUSTER_COLLAPSED_PERPLEXITY_RATIO = 0.1
 """Code perplexity below 10 % of min(c, N): nearly all samples share a few codes."""
 CLUSTER_WARNING_PERPLEXITY_RATIO = 0.3
 """Below 30 %: most codes idle (uniform random use of c codes by N ≥ 3c samples scores > 0.9)."""
+CLUSTER_WARNING_USED = 0.75
+"""Codes used / the number N uniform random draws would use (``code_used_vs_chance``) below 0.8:
+a fifth of the codes idle (FALCON with β = 1 on digits ends on 23 of 32, 0.72)."""
+CLUSTER_COLLAPSED_USED = 0.2
+"""Below 0.2: four in five codes idle."""
 CLUSTER_COLLAPSED_PERPLEXITY = 1.5
 """Effectively one code in use."""
 CLUSTER_UNIFORM_SAMPLE_ENTROPY = 0.99
@@ -193,23 +210,28 @@ def _reference_metrics(
     return reference.metrics if isinstance(reference, Diagnosis) else reference
 
 
+def _ratio_text(ratio: float) -> str:
+    return f"{ratio:.2g}×" if ratio < 0.1 else f"{ratio:.2f}×"
+
+
 def complete_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
     """Verdict on complete collapse from the spread (and, given a reference, its fall and tr Σ's)."""
     spread = metrics["spread"]
-    reason = f"spread {_fmt(spread)} (centred variance / norm^2, or of directions)"
+    reason = f"the points' spread is {_fmt(spread)} of their size (1 = spread out, 0 = one point or one ray)"
     vs_ref = metrics.get("spread_vs_reference", math.nan)
     shrink = metrics.get("total_variance_vs_reference", math.nan)
     if spread < COMPLETE_COLLAPSED_SPREAD:
         return "collapsed", reason
     if math.isfinite(vs_ref):
-        reason += f", {_fmt(vs_ref)} x reference"
+        reason += f", {_ratio_text(vs_ref)} what it was at the start"
         level = "healthy"
         if vs_ref < COMPLETE_COLLAPSED_VS_REFERENCE:
             level = "collapsed"
         elif vs_ref < COMPLETE_WARNING_VS_REFERENCE:
             level = "warning"
         if math.isfinite(shrink):
-            reason += f"; tr(cov) {_fmt(shrink)} x reference"
+            if shrink < COMPLETE_WARNING_SHRINK:
+                reason += f"; the total variance shrank to {_ratio_text(shrink)} its start"
             if shrink < COMPLETE_COLLAPSED_SHRINK:
                 level = "collapsed"
             elif shrink < COMPLETE_WARNING_SHRINK:
@@ -221,45 +243,59 @@ def complete_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
 
 
 def dimensional_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
-    """Verdict on dimensional collapse from the effective rank (vs. available dims or reference)."""
+    """Verdict on dimensional collapse: the effective rank's share of the available dimensions
+    min(D, N − 1) ("occupancy"), beside its fall from the reference when there is one; the worse
+    of the two decides."""
     dim, erank = metrics["dim"], metrics["effective_rank"]
     available = metrics["available_dims"]
     if dim < 2 or available < 2:
         return NOT_APPLICABLE, "fewer than 2 dimensions available"
-    reason = f"effective rank {erank:.2f} of {int(available)} available dims"
+    reason = f"the embedding uses {erank:.1f} of {int(available)} available directions (effective rank)"
     vs_ref = metrics.get("effective_rank_vs_reference", math.nan)
+    occupancy = metrics["effective_rank_ratio"]
+    if math.isfinite(vs_ref) and vs_ref > 0:
+        reason += f"; at the start it used {erank / vs_ref:.1f}"
     if erank < DIMENSIONAL_COLLAPSED_ABSOLUTE and available >= 2 * DIMENSIONAL_COLLAPSED_ABSOLUTE:
         return "collapsed", reason
+    level = "healthy"
     if math.isfinite(vs_ref):
-        reason += f", {vs_ref:.2f} x reference"
         if vs_ref < DIMENSIONAL_COLLAPSED_VS_REFERENCE:
-            return "collapsed", reason
-        if vs_ref < DIMENSIONAL_WARNING_VS_REFERENCE:
-            return "warning", reason
-        return "healthy", reason
-    ratio = metrics["effective_rank_ratio"]
-    if ratio < DIMENSIONAL_COLLAPSED_RATIO:
+            level = "collapsed"
+        elif vs_ref < DIMENSIONAL_WARNING_VS_REFERENCE:
+            level = "warning"
+        if occupancy < DIMENSIONAL_COLLAPSED_OCCUPANCY:
+            level = "collapsed"
+        elif occupancy < DIMENSIONAL_WARNING_OCCUPANCY:
+            level = _worse(level, "warning")
+        return level, reason
+    if occupancy < DIMENSIONAL_COLLAPSED_RATIO:
         return "collapsed", reason
-    if ratio < DIMENSIONAL_WARNING_RATIO:
+    if occupancy < DIMENSIONAL_WARNING_RATIO:
         return "warning", reason
     return "healthy", reason
 
 
 def cluster_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
-    """Verdict on cluster collapse from code usage; "n/a" without codes."""
+    """Verdict on cluster collapse from code usage: the perplexity's share of min(c, N), and the
+    codes used against what N random draws would use; "n/a" without codes."""
     if "code_perplexity" not in metrics:
         return NOT_APPLICABLE, "no codes given"
     perplexity, ratio = metrics["code_perplexity"], metrics["code_perplexity_ratio"]
     most = metrics["code_max_perplexity"]
-    reason = f"code perplexity {perplexity:.2f} of at most {int(most)} ({int(metrics['code_used'])} codes used)"
+    used = metrics["code_used"]
+    reason = (f"{int(used)} of {int(metrics.get('n_codes', most))} codes are in use, as evenly as "
+              f"{perplexity:.1f} equally used codes would be")
     uniform = metrics.get("code_sample_entropy_ratio", math.nan)
     if math.isfinite(uniform) and uniform > CLUSTER_UNIFORM_SAMPLE_ENTROPY:
-        return "collapsed", f"per-sample code entropy {uniform:.3f} x log c: codes are uniform"
+        return "collapsed", f"every sample's code distribution is uniform ({uniform:.3f} × log c): the codes say nothing"
     if most < 2:
         return NOT_APPLICABLE, reason
+    vs_chance = metrics.get("code_used_vs_chance", math.nan)
     if perplexity < CLUSTER_COLLAPSED_PERPLEXITY or ratio < CLUSTER_COLLAPSED_PERPLEXITY_RATIO:
         return "collapsed", reason
-    if ratio < CLUSTER_WARNING_PERPLEXITY_RATIO:
+    if math.isfinite(vs_chance) and vs_chance < CLUSTER_COLLAPSED_USED:
+        return "collapsed", reason
+    if ratio < CLUSTER_WARNING_PERPLEXITY_RATIO or (math.isfinite(vs_chance) and vs_chance < CLUSTER_WARNING_USED):
         return "warning", reason
     return "healthy", reason
 
@@ -269,13 +305,14 @@ def intracluster_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
     if "intracluster_ratio" not in metrics or metrics["n_clusters"] < 2:
         return NOT_APPLICABLE, "no labels or codes to define clusters"
     ratio, smallest = metrics["intracluster_ratio"], metrics["intracluster_min_ratio"]
-    reason = f"within/total variance {_fmt(ratio)} over {int(metrics['n_clusters'])} clusters"
+    reason = (f"the spread inside the {int(metrics['n_clusters'])} clusters is {_fmt(ratio)} of the total "
+              f"(0 = every cluster a point)")
     if ratio < INTRACLUSTER_COLLAPSED_RATIO:
         return "collapsed", reason
     if ratio < INTRACLUSTER_WARNING_RATIO:
         return "warning", reason
     if math.isfinite(smallest) and smallest < INTRACLUSTER_COLLAPSED_RATIO:
-        return "warning", reason + f"; one cluster at {_fmt(smallest)}"
+        return "warning", reason + f"; one cluster is at {_fmt(smallest)}"
     return "healthy", reason
 
 
@@ -290,8 +327,9 @@ def verdicts(metrics: Mapping[str, float]) -> tuple[dict[str, str], dict[str, st
     ):
         verdict[mode], reasons[mode] = rule(metrics)
     if verdict["complete"] == "collapsed":
-        # a point has rank 0 and no spread inside any cluster; what is left is noise
-        for mode in ("dimensional", "intracluster"):
+        # a point has rank 0, one code's worth of information and no spread inside any cluster;
+        # what is left is noise
+        for mode in ("dimensional", "cluster", "intracluster"):
             if verdict[mode] != NOT_APPLICABLE:
                 verdict[mode], reasons[mode] = "collapsed", "implied by complete collapse (the spread left is noise)"
     return verdict, reasons
@@ -305,31 +343,74 @@ def _subsample(x: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
     return x[idx]
 
 
+SCALED_METRICS = {"total_variance": 2, "top_eigenvalue": 2, "mean_norm": 1}
+"""Metrics in the input's units (the rest are scale-free): restored after rescaling."""
+RESCALE_RANGE = (2.0**-300 * 2.0**150, 2.0**150)
+"""Inputs whose largest |value| lies outside about (1e-45, 1e45) are divided by a power of two
+(exact) before measuring: squares of values near 1e±200 overflow or underflow float64."""
+
+
+def _rescaled(x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``x`` divided by a power of two that brings its largest |value| near 1, when that lies
+    outside :data:`RESCALE_RANGE`; returns (x, the divisor)."""
+    peak = float(x.abs().max()) if x.numel() else 0.0
+    if peak == 0.0 or RESCALE_RANGE[0] <= peak <= RESCALE_RANGE[1]:
+        return x, 1.0
+    scale = math.ldexp(1.0, math.frexp(peak)[1])
+    return x / scale, scale
+
+
+def _as_reference(
+    reference: Diagnosis | Mapping[str, float] | ArrayLike | None, dim: int, max_pairwise_samples: int, seed: int
+) -> Diagnosis | Mapping[str, float] | None:
+    """A reference given as embeddings is diagnosed; one of another width is an error."""
+    if reference is None:
+        return None
+    if not isinstance(reference, (Diagnosis, Mapping)):
+        reference = diagnose(reference, max_pairwise_samples=max_pairwise_samples, seed=seed)
+    ref_dim = _reference_metrics(reference).get("dim")  # type: ignore[union-attr]
+    if ref_dim is not None and math.isfinite(ref_dim) and int(ref_dim) != dim:
+        raise InputError(f"reference: has {int(ref_dim)} dimensions, z has {dim}; a reference must be the "
+                         f"same embedding at another time (e.g. at initialisation)")
+    return reference
+
+
 def diagnose(
     z: ArrayLike,
     *,
     views: ArrayLike | None = None,
     codes: ArrayLike | None = None,
     labels: ArrayLike | None = None,
-    reference: Diagnosis | Mapping[str, float] | None = None,
+    reference: Diagnosis | Mapping[str, float] | ArrayLike | None = None,
     max_pairwise_samples: int = MAX_PAIRWISE_SAMPLES,
     seed: int = 0,
 ) -> Diagnosis:
     """Measure every collapse mode of the embeddings ``z`` (N, D) and give a verdict per mode.
 
     Args:
-        z: embeddings, tensor or ndarray (N ≥ 2 rows).
+        z: embeddings, tensor or ndarray (N ≥ 2 rows), or the path of a file
+            :func:`collapselab.diagnostics.io.load_array` reads (.npy, .npz, .pt, .csv).
+            Values beyond about 1e±45 are divided by a power of two first (exact; squares near
+            1e±200 would overflow float64); ``total_variance`` and the other metrics in the
+            input's units are then scaled back, ``input_scale`` records the divisor.
         views: a second view of the same N inputs (adds ``alignment``).
         codes: (N,) code assignments or (N, c) code probabilities (cluster mode; their argmax
             also defines clusters for the intracluster mode when ``labels`` is absent).
         labels: (N,) cluster/class labels for the intracluster mode.
-        reference: a Diagnosis or metrics dict of a reference state, typically the same network
-            at initialisation; dimensional and complete verdicts are then judged relative to it.
+        reference: a Diagnosis, metrics dict or embeddings (N', D) of a reference state,
+            typically the same network at initialisation; dimensional and complete verdicts
+            are then judged relative to it. Its width must be D.
         max_pairwise_samples: rows (seeded subsample) used for the O(N²) uniformity.
         seed: seed of that subsample.
     """
+    if isinstance(z, (str, os.PathLike)):
+        from collapselab.diagnostics.io import load_array
+
+        z = load_array(z)
     x = as_float64_matrix(z, "z")
     n, d = x.shape
+    reference = _as_reference(reference, d, max_pairwise_samples, seed)
+    x, scale = _rescaled(x)
     metrics: dict[str, float] = {"n_samples": float(n), "dim": float(d)}
     point, unit_rows = geometry.point_statistics(x)
     metrics.update(point)
@@ -341,7 +422,13 @@ def diagnose(
     if views is not None:
         v = as_float64_matrix(views, "views")
         check_same_shape(x, v, "z", "views")
-        metrics["alignment"] = geometry.alignment(x, v)
+        metrics["alignment"] = geometry.alignment(x, _rescaled(v)[0])
+    if scale != 1.0:  # back to the input's units (inf where float64 cannot hold them)
+        metrics["input_scale"] = scale
+        for key, power in SCALED_METRICS.items():
+            if key in metrics:
+                with np.errstate(over="ignore"):
+                    metrics[key] = float(np.float64(metrics[key]) * np.float64(scale) ** power)
 
     cluster_labels = None
     if codes is not None:
@@ -356,18 +443,26 @@ def diagnose(
     if cluster_labels is not None:
         metrics.update(clusters.intracluster_spread(x, cluster_labels))
 
+    return judge(metrics, reference)
+
+
+REFERENCE_RATIOS = {
+    "effective_rank_vs_reference": "effective_rank",
+    "spread_vs_reference": "spread",
+    "total_variance_vs_reference": "total_variance",
+}
+"""Metrics judged relative to a reference: ratio name → the metric it divides."""
+
+
+def judge(metrics: Mapping[str, float], reference: Diagnosis | Mapping[str, float] | None = None) -> Diagnosis:
+    """The verdicts of measured ``metrics`` (what :func:`diagnose` computed), relative to
+    ``reference``'s where given: the rules alone, so recorded metrics can be judged again."""
+    metrics = {k: float(v) for k, v in metrics.items() if k not in REFERENCE_RATIOS}
     ref = _reference_metrics(reference)
     if ref is not None:
-        if ref.get("effective_rank", 0.0) > 0:
-            metrics["effective_rank_vs_reference"] = (
-                metrics["effective_rank"] / ref["effective_rank"]
-            )
-        if ref.get("spread", 0.0) > 0:
-            metrics["spread_vs_reference"] = metrics["spread"] / ref["spread"]
-        if ref.get("total_variance", 0.0) > 0:
-            metrics["total_variance_vs_reference"] = (
-                metrics["total_variance"] / ref["total_variance"]
-            )
-
+        for ratio, key in REFERENCE_RATIOS.items():
+            base = ref.get(key, 0.0)
+            if base is not None and math.isfinite(base) and base > 0:
+                metrics[ratio] = metrics[key] / base
     verdict, reasons = verdicts(metrics)
     return Diagnosis(metrics=metrics, verdict=verdict, reasons=reasons)

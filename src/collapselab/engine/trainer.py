@@ -41,7 +41,7 @@ from collapselab.config import (
 )
 from collapselab.data import DeviceLoader, build_augment, get_dataset
 from collapselab.data.augment import channel_stats, normalize, to_float_images, use_native
-from collapselab.diagnostics import CollapseMonitor
+from collapselab.diagnostics import LEVELS, CollapseMonitor
 from collapselab.diagnostics.monitor import Alarm
 from collapselab.engine.budget import plan_steps
 from collapselab.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -286,6 +286,7 @@ class Trainer:
         self.monitor = CollapseMonitor(
             every=max(c.monitor.every, 1),
             warmup_steps=round(c.monitor.warmup_epochs * self.steps_per_epoch),
+            collapse_loss=self.method.collapse_loss(c.data.batch_size * self.world),
         )
         self.hints = self.method.collapse_hints()
         self.epoch, self.global_step = 0, 0
@@ -416,7 +417,10 @@ class Trainer:
             return []
         probe = self.probe_embeddings()
         codes = probe.pop("codes", None)
-        alarms = self.monitor.update(self.global_step, probe, codes=codes)
+        every = self.config.monitor.every
+        recent = self.epoch_losses[-every:] if every else self.epoch_losses
+        loss = sum(recent) / len(recent) if recent else None  # the training loss since the last check
+        alarms = self.monitor.update(self.global_step, probe, codes=codes, loss=loss)
         for alarm in alarms:
             hint = f"\n    hint: {'; '.join(self.hints)}" if self.hints else ""
             self._write(f"ALARM {alarm}{hint}")
@@ -821,6 +825,7 @@ class Trainer:
 
     def _write_summary(self, status: str, wall: float, final: dict[str, float] | None, error: str | None = None) -> dict[str, Any]:
         c = self.config
+        final_verdict = self.monitor.final_verdict()
         summary: dict[str, Any] = {
             "status": status,
             "method": c.method.name,
@@ -852,8 +857,11 @@ class Trainer:
             "diagnosis": {name: d.to_dict() for name, d in self.monitor.latest.items()},
             "alarms": [a.__dict__ for a in self.monitor.alarms],
             "first_unhealthy": {k: dict(v) for k, v in self.monitor.first_unhealthy.items()},
+            "final_verdict": final_verdict,
+            "collapse_loss": self.monitor.collapse_loss,
             "collapse_hints": self.hints,
-            "worst_verdict": self.monitor.worst,
+            "worst_verdict": max((v["level"] for modes in final_verdict.values() for v in modes.values()
+                                  if v["level"] in LEVELS), key=LEVELS.index, default="healthy"),
             "eval": final or {},
         }
         if self.stop_reason:

@@ -46,6 +46,10 @@ class BarlowTwins(SSLMethod):
         loss, terms = barlow_twins(o1["emb"], o2["emb"], self.config.lambda_offdiag, return_terms=True)  # type: ignore[attr-defined, misc]
         return MethodOutput(loss, o1, dict(terms))
 
+    def collapse_loss(self, batch_size: int) -> float:
+        """Identical embeddings standardise to 0, so C = 0 and L = Σ_i (1 − 0)² = D."""
+        return float(self.projector.out_dim)
+
     def collapse_hints(self) -> list[str]:
         hints = super().collapse_hints()
         if self.config.lambda_offdiag == 0:  # type: ignore[attr-defined]

@@ -284,6 +284,13 @@ class SSLMethod(nn.Module):
         """
         return {}
 
+    def collapse_loss(self, batch_size: int) -> float | None:
+        """The loss at complete collapse (every embedding the same point), for a global batch of
+        ``batch_size``; None where no single value exists. The monitor compares the running loss
+        with it (docs/diagnostics.md); ``tests/methods/test_collapse_loss.py`` checks each closed
+        form against the loss evaluated on identical embeddings. Default: None."""
+        return None
+
     def collapse_hints(self) -> list[str]:
         """Config settings known to invite collapse, as hints for the monitor's alarms."""
         hints = []

@@ -50,3 +50,9 @@ class BYOL(SiameseMethod):
         d21 = negative_cosine(online[1]["pred"], targets[0], stop_gradient=stop)
         loss = (2 + 2 * d12) + (2 + 2 * d21)
         return MethodOutput(loss, online[0], {"cosine": -(d12 + d21).detach() / 2})
+
+    def collapse_loss(self, batch_size: int) -> float:
+        """A collapsed online branch whose prediction points at the (equally collapsed) target:
+        cosine 1, so (2 − 2·1) + (2 − 2·1) = 0 — also the loss's minimum, which is why BYOL needs
+        its asymmetry."""
+        return 0.0

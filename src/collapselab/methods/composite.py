@@ -126,6 +126,13 @@ class Composite(SiameseMethod):
         loss = sum(getattr(c, f"{name}_weight") * term for name, term in terms.items())
         return MethodOutput(loss, online[0], {name: term.detach() for name, term in terms.items()})  # type: ignore[arg-type]
 
+    def collapse_loss(self, batch_size: int) -> float:
+        """Identical embeddings: alignment 0 (MSE, or 2 − 2·cos with cos 1), covariance 0,
+        uniformity log E exp(0) = 0, and each dimension's variance hinge γ − √ε, so
+        L = w_var·(γ − √ε)."""
+        c: CompositeConfig = self.config  # type: ignore[assignment]
+        return c.variance_weight * (c.gamma - math.sqrt(c.eps))
+
     def collapse_hints(self) -> list[str]:
         c: CompositeConfig = self.config  # type: ignore[assignment]
         hints = SSLMethod.collapse_hints(self)

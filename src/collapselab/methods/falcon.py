@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -92,6 +93,13 @@ class FALCON(SSLMethod):
         if c.temperature is not None:
             return float(c.temperature)
         return falcon_temperature(self.projector.out_dim, c.n_codes, n, c.eps)
+
+    def collapse_loss(self, batch_size: int) -> float | None:
+        """Identical embeddings give every sample the same code distribution q, so p̄ = q and
+        (reverse prior) L = KL(q ‖ u) + β·H(q) = log c + (β − 1)·H(q): exactly log c for β = 1
+        whatever q is; for other β it depends on q, so None."""
+        c = self.config
+        return math.log(c.n_codes) if c.beta == 1.0 and c.prior_kl == "reverse" else None
 
     def logits(self, h: torch.Tensor, n: int) -> torch.Tensor:
         return self.dictionary(h) / self.temperature(n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -76,6 +77,11 @@ class MoCo(SiameseMethod):
         else:
             self.queue.enqueue(keys[1])
         return MethodOutput(loss, online[0], {})
+
+    def collapse_loss(self, batch_size: int) -> float:
+        """Query, positive key and all K queued keys parallel: K + 1 equal logits, so
+        L = log(K + 1)."""
+        return math.log(self.config.queue_size + 1)
 
     def collapse_hints(self) -> list[str]:
         hints = super().collapse_hints()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -45,3 +46,7 @@ class SimCLR(SSLMethod):
         o1, o2 = self.embed(v1), self.embed(v2)
         loss = nt_xent(o1["emb"], o2["emb"], temperature=self.config.temperature)  # type: ignore[attr-defined]
         return MethodOutput(loss, o1, {})
+
+    def collapse_loss(self, batch_size: int) -> float:
+        """NT-Xent with all 2N views parallel: every logit equals 1/τ, so ℓ_i = log(2N − 1)."""
+        return math.log(2 * batch_size - 1)

@@ -48,3 +48,8 @@ class SimSiam(SiameseMethod):
             online[0]["pred"], online[1]["pred"], targets[0], targets[1], stop_gradient=self.config.stop_gradient
         )
         return MethodOutput(loss, online[0], {"cosine": -loss.detach()})
+
+    def collapse_loss(self, batch_size: int) -> float:
+        """Every prediction parallel to its (collapsed) target: negative cosine −1, the loss's
+        minimum (Chen & He 2021, Sec. 4)."""
+        return -1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -52,6 +53,11 @@ class VICReg(SSLMethod):
             o1["emb"], o2["emb"], c.invariance_weight, c.variance_weight, c.covariance_weight, return_terms=True
         )  # type: ignore[misc]
         return MethodOutput(loss, o1, dict(terms))
+
+    def collapse_loss(self, batch_size: int) -> float:
+        """Identical embeddings: no invariance or covariance, and every dimension's std is 0, so
+        L = μ·(γ − √ε) with γ = 1, ε = 1e-4 (0 when the variance term is off)."""
+        return self.config.variance_weight * (1.0 - math.sqrt(1e-4))  # type: ignore[attr-defined]
 
     def collapse_hints(self) -> list[str]:
         hints = super().collapse_hints()
