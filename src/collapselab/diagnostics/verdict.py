@@ -6,14 +6,16 @@ The four modes (science.md §1) and the measurement each verdict rests on:
 complete       spread = min(tr Σ / E‖z‖², 1 − ‖mean z/‖z‖‖²): the centred spread relative to the
                feature norm, of points or of directions; given a reference (the same network
                at initialisation) its fall, and the fall of the absolute spread tr Σ
-dimensional    effective rank relative to min(D, N − 1), or to the reference's effective rank
-cluster        code-usage perplexity relative to min(c, N), and per-sample code entropy
+dimensional    effective rank relative to min(D, N − 1), and to the reference's effective rank
+cluster        code-usage perplexity relative to min(c, N), codes used against chance, per-sample entropy
 intracluster   within-cluster variance / total variance, for labels or argmax codes
 =============  ==========================================================================
 
 Thresholds are module constants, each with the reason for its value; they were calibrated on
 random-initialisation, healthy and genuinely collapsed embeddings of real networks (see
-``tests/diagnostics/test_calibration.py`` and docs/diagnostics.md).
+``tests/diagnostics/test_calibration.py``) and on the calibration half of the collapse zoo
+(``benchmarks/collapse_zoo.py``), and reported on its held-out half and on fresh replicates
+(docs/diagnostics.md).
 """
 
 from __future__ import annotations
