@@ -21,6 +21,7 @@ from collapselab.diagnostics.verdict import (
     Diagnosis,
     diagnose,
     judge,
+    worst_level,
 )
 
 TREND_METRICS = {"dimensional": "effective_rank", "complete": "total_variance"}
@@ -78,10 +79,6 @@ def falling_trend(values: list[float], window: int, drop: float) -> bool:
         return False
     steady = all(b < a for a, b in itertools.pairwise(recent))
     return steady and recent[-1] < (1.0 - drop) * recent[0]
-
-
-def _worse(a: str, b: str) -> str:
-    return max(a, b, key=LEVELS.index)
 
 
 class CollapseMonitor:
@@ -241,7 +238,7 @@ class CollapseMonitor:
                     diag.verdict[mode], diag.reasons[mode] = level, reason
             if mode == "complete" and self.collapse_loss is not None and self.losses and self.losses[-1][0] == step \
                     and loss_at_collapse(self.losses, self.collapse_loss):
-                level = _worse(level, "warning")
+                level = worst_level((level, "warning"))
                 reason = (f"{reason}; the loss {self.losses[-1][1]:.4g} has reached the value a collapsed network "
                           f"scores ({self.collapse_loss:.4g}; it started at {self.losses[0][1]:.4g})")
                 diag.verdict[mode], diag.reasons[mode] = level, reason
@@ -297,8 +294,7 @@ class CollapseMonitor:
     @property
     def worst(self) -> str:
         """The most severe current level over every name and mode."""
-        current = [lv for d in self.latest.values() for lv in d.verdict.values() if lv in LEVELS]
-        return max(current, key=LEVELS.index, default="healthy")
+        return worst_level(lv for d in self.latest.values() for lv in d.verdict.values())
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the monitor has seen, as plain containers (for checkpoints; NaN kept as float)."""
@@ -358,19 +354,18 @@ def replay(
 
     ``record``: name → ``{"steps": [...], "metrics": {metric: [...]}}`` (what
     :meth:`CollapseMonitor.state_dict` holds as ``steps`` / ``history``); ``losses``: (step,
-    loss) pairs, each given to the check at or after its step. The verdicts equal those of a
+    loss) pairs, each given to the check at the same step. The verdicts equal those of a
     monitor that saw the embeddings live (the rules read only these metrics).
     """
     monitor = CollapseMonitor(warmup_steps=warmup_steps, collapse_loss=collapse_loss, **kwargs)
     loss_at = {int(step): float(value) for step, value in (losses or []) if value is not None}
-    all_steps = sorted({int(s) for entry in record.values() for s in entry["steps"]})
-    for step in all_steps:
+    position = {name: {int(s): i for i, s in enumerate(entry["steps"])} for name, entry in record.items()}
+    for step in sorted({s for at in position.values() for s in at}):
         diagnoses = {}
         for name, entry in record.items():
-            steps = [int(s) for s in entry["steps"]]
-            if step not in steps:
+            i = position[name].get(step)
+            if i is None:
                 continue
-            i = steps.index(step)
             metrics = {k: (math.nan if v[i] is None else float(v[i])) for k, v in entry["metrics"].items()}
             metrics = {k: v for k, v in metrics.items() if not (math.isnan(v) and k.startswith("code"))}
             reference = monitor.references.get(name) if monitor.use_reference else None

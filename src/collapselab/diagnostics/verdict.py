@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,8 +134,7 @@ class Diagnosis:
     @property
     def worst(self) -> str:
         """The most severe level over all modes ("healthy" if every mode is healthy or n/a)."""
-        levels = [v for v in self.verdict.values() if v in LEVELS]
-        return max(levels, key=LEVELS.index, default="healthy")
+        return worst_level(self.verdict.values())
 
     @property
     def collapsed(self) -> bool:
@@ -201,8 +200,20 @@ def _fmt(value: float) -> str:
     return f"{value:.4f}"
 
 
+def worst_level(levels: Iterable[str]) -> str:
+    """The most severe of ``levels`` ("healthy" when none is a level, e.g. all "n/a")."""
+    return max((lv for lv in levels if lv in LEVELS), key=LEVELS.index, default="healthy")
+
+
 def _worse(a: str, b: str) -> str:
-    return max(a, b, key=LEVELS.index)
+    return worst_level((a, b))
+
+
+def _level(value: float, collapsed_below: float, warning_below: float) -> str:
+    """"collapsed" below the first threshold, "warning" below the second, else "healthy"."""
+    if value < collapsed_below:
+        return "collapsed"
+    return "warning" if value < warning_below else "healthy"
 
 
 def _reference_metrics(
@@ -227,18 +238,11 @@ def complete_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
         return "collapsed", reason
     if math.isfinite(vs_ref):
         reason += f", {_ratio_text(vs_ref)} what it was at the start"
-        level = "healthy"
-        if vs_ref < COMPLETE_COLLAPSED_VS_REFERENCE:
-            level = "collapsed"
-        elif vs_ref < COMPLETE_WARNING_VS_REFERENCE:
-            level = "warning"
+        level = _level(vs_ref, COMPLETE_COLLAPSED_VS_REFERENCE, COMPLETE_WARNING_VS_REFERENCE)
         if math.isfinite(shrink):
             if shrink < COMPLETE_WARNING_SHRINK:
                 reason += f"; the total variance shrank to {_ratio_text(shrink)} its start"
-            if shrink < COMPLETE_COLLAPSED_SHRINK:
-                level = "collapsed"
-            elif shrink < COMPLETE_WARNING_SHRINK:
-                level = _worse(level, "warning")
+            level = _worse(level, _level(shrink, COMPLETE_COLLAPSED_SHRINK, COMPLETE_WARNING_SHRINK))
         return level, reason
     if spread < COMPLETE_WARNING_SPREAD:
         return "warning", reason + "; pass a reference (e.g. at initialisation) to tell collapse from where training started"
@@ -260,22 +264,11 @@ def dimensional_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
         reason += f"; at the start it used {erank / vs_ref:.1f}"
     if erank < DIMENSIONAL_COLLAPSED_ABSOLUTE and available >= 2 * DIMENSIONAL_COLLAPSED_ABSOLUTE:
         return "collapsed", reason
-    level = "healthy"
     if math.isfinite(vs_ref):
-        if vs_ref < DIMENSIONAL_COLLAPSED_VS_REFERENCE:
-            level = "collapsed"
-        elif vs_ref < DIMENSIONAL_WARNING_VS_REFERENCE:
-            level = "warning"
-        if occupancy < DIMENSIONAL_COLLAPSED_OCCUPANCY:
-            level = "collapsed"
-        elif occupancy < DIMENSIONAL_WARNING_OCCUPANCY:
-            level = _worse(level, "warning")
+        level = _worse(_level(vs_ref, DIMENSIONAL_COLLAPSED_VS_REFERENCE, DIMENSIONAL_WARNING_VS_REFERENCE),
+                       _level(occupancy, DIMENSIONAL_COLLAPSED_OCCUPANCY, DIMENSIONAL_WARNING_OCCUPANCY))
         return level, reason
-    if occupancy < DIMENSIONAL_COLLAPSED_RATIO:
-        return "collapsed", reason
-    if occupancy < DIMENSIONAL_WARNING_RATIO:
-        return "warning", reason
-    return "healthy", reason
+    return _level(occupancy, DIMENSIONAL_COLLAPSED_RATIO, DIMENSIONAL_WARNING_RATIO), reason
 
 
 def cluster_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
@@ -310,10 +303,9 @@ def intracluster_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
     ratio, smallest = metrics["intracluster_ratio"], metrics["intracluster_min_ratio"]
     reason = (f"the spread inside the {int(metrics['n_clusters'])} clusters is {_fmt(ratio)} of the total "
               f"(0 = every cluster a point)")
-    if ratio < INTRACLUSTER_COLLAPSED_RATIO:
-        return "collapsed", reason
-    if ratio < INTRACLUSTER_WARNING_RATIO:
-        return "warning", reason
+    level = _level(ratio, INTRACLUSTER_COLLAPSED_RATIO, INTRACLUSTER_WARNING_RATIO)
+    if level != "healthy":
+        return level, reason
     if math.isfinite(smallest) and smallest < INTRACLUSTER_COLLAPSED_RATIO:
         return "warning", reason + f"; one cluster is at {_fmt(smallest)}"
     return "healthy", reason

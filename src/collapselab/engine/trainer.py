@@ -41,8 +41,9 @@ from collapselab.config import (
 )
 from collapselab.data import DeviceLoader, build_augment, get_dataset
 from collapselab.data.augment import channel_stats, normalize, to_float_images, use_native
-from collapselab.diagnostics import LEVELS, CollapseMonitor
+from collapselab.diagnostics import CollapseMonitor
 from collapselab.diagnostics.monitor import Alarm
+from collapselab.diagnostics.verdict import worst_level
 from collapselab.engine.budget import plan_steps
 from collapselab.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from collapselab.engine.fastpath import (
@@ -860,8 +861,7 @@ class Trainer:
             "final_verdict": final_verdict,
             "collapse_loss": self.monitor.collapse_loss,
             "collapse_hints": self.hints,
-            "worst_verdict": max((v["level"] for modes in final_verdict.values() for v in modes.values()
-                                  if v["level"] in LEVELS), key=LEVELS.index, default="healthy"),
+            "worst_verdict": worst_level(v["level"] for modes in final_verdict.values() for v in modes.values()),
             "eval": final or {},
         }
         if self.stop_reason:
