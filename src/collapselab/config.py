@@ -163,22 +163,27 @@ class EvalConfig:
 @dataclass
 class CheckpointConfig:
     """``last.pt`` is written every epoch; ``every`` > 0 also keeps ``epoch_NNNN.pt`` every that
-    many epochs."""
+    many epochs; ``keep`` > 0 keeps that many ``epoch_NNNN.pt`` spread evenly over the run
+    (epochs round(i·E/keep), i = 1..keep, the last one included), so earlier states of a run can
+    be re-embedded (``collapselab eval runs/X/checkpoints/epoch_0005.pt``)."""
 
     every: int = 0
+    keep: int = 0
 
 
 @dataclass
 class LogConfig:
     """``tensorboard``: auto (when installed) | true | false. ``wandb_project``: set to log to
     Weights & Biases (``wandb_mode``: online | offline). ``progress``: tqdm bar. ``every``: steps
-    between training-metric lines in metrics.jsonl / TensorBoard."""
+    between training-metric lines in metrics.jsonl / TensorBoard. ``report``: ``collapselab
+    train`` writes ``report.html`` at the end of the run (``collapselab report``)."""
 
     every: int = 10
     tensorboard: Any = "auto"
     wandb_project: str | None = None
     wandb_mode: str = "online"
     progress: bool = True
+    report: bool = True
 
 
 @dataclass
@@ -618,6 +623,7 @@ def validate(config: Config) -> None:
     if e.knn_bank is not None and e.knn_bank < e.knn_k:
         raise InputError(f"eval.knn_bank must be >= eval.knn_k ({e.knn_k}) or null (all images), got {e.knn_bank}")
     _positive(config.checkpoint.every, "checkpoint.every", allow_zero=True)
+    _positive(config.checkpoint.keep, "checkpoint.keep", allow_zero=True)
     if config.log.every < 1:
         raise InputError(f"log.every must be >= 1, got {config.log.every}")
     if config.distributed.backend not in ("auto", "nccl", "gloo"):

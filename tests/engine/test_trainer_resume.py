@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 import collapselab
 from collapselab.engine import load_checkpoint, read_metrics, save_checkpoint
 from collapselab.engine.trainer import Trainer
+from collapselab.evaluation import append_to_summary
+from collapselab.runs import RunFolder
 
 torch.set_num_threads(1)
 
@@ -86,7 +90,8 @@ def assert_same_history(straight_dir: Path, resumed_dir: Path) -> None:
     a, b = read_metrics(straight_dir), read_metrics(resumed_dir)
     assert [(r["step"], r["kind"]) for r in b] == [(r["step"], r["kind"]) for r in a]
     assert [r.get("lr") for r in b] == [r.get("lr") for r in a]
-    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], abs=1e-6)
+    assert [r.get("loss", math.nan) for r in b] == pytest.approx(
+        [r.get("loss", math.nan) for r in a], abs=1e-6, nan_ok=True)
     for got, want in zip(without_timing(b), without_timing(a), strict=True):
         assert got.keys() == want.keys(), f"step {want['step']}"
         for key, value in want.items():
@@ -128,6 +133,32 @@ def test_resumed_metrics_equal_uninterrupted_metrics(byol_runs: tuple[collapsela
     epoch_lines = [r["epoch"] for r in read_metrics(resumed.dir) if r["kind"] == "epoch"]
     assert epoch_lines == list(range(1, EPOCHS + 1))
     assert_same_history(straight.dir, resumed.dir)
+
+
+def test_resumed_spectra_and_checks_equal_uninterrupted_ones(
+        byol_runs: tuple[collapselab.Run, collapselab.Run]) -> None:
+    straight, resumed = (RunFolder(run.dir) for run in byol_runs)
+    a, b = straight.spectra(), resumed.spectra()
+    assert sorted(a) == sorted(b) == ["emb", "repr"]
+    for name in a:
+        steps = [int(s) for s in a[name][0]]
+        assert steps == [int(s) for s in b[name][0]]
+        assert len(steps) == EPOCHS + 1 and len(set(steps)) == len(steps)  # init + one per epoch
+        np.testing.assert_allclose(b[name][1], a[name][1], rtol=1e-5, atol=1e-9)
+    assert straight.checks()["emb"]["step"] == resumed.checks()["emb"]["step"] == steps
+
+
+def test_eval_scores_survive_a_resume(tmp_path: Path) -> None:
+    """Scores another command merged into summary.json (collapselab eval's linear probe) are
+    kept when --resume rewrites the summary; the trainer's own keys are replaced."""
+    first = collapselab.train("byol", "digits", **tiny(tmp_path, "kept", train={"epochs": 1}))
+    append_to_summary(first.dir, {"linear_top1": 0.5, "nmi": 0.25})
+    RunFolder(first.dir).write_summary({"note": "written by another tool"})
+    resumed = collapselab.train(resume=first.dir, overrides=["train.epochs=2"])
+    on_disk = RunFolder(first.dir).summary()
+    assert on_disk["eval"]["linear_top1"] == 0.5 and on_disk["eval"]["nmi"] == 0.25
+    assert on_disk["note"] == "written by another tool"
+    assert on_disk["epochs_completed"] == resumed.summary["epochs_completed"] == 2
 
 
 def test_resume_can_extend_a_finished_run(tmp_path: Path) -> None:

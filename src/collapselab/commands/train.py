@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from collapselab._validation import InputError
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from collapselab import distributed
 
     if distributed.get_rank() == 0:
-        print(report(result.summary, str(result.dir)))
+        html = write_run_report(result.dir) if result.config.log.report else None
+        print(report(result.summary, str(result.dir), html))
     if args.fail_on:
         from collapselab.diagnostics import LEVELS
 
@@ -78,7 +80,19 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def report(summary: dict[str, Any], run_dir: str) -> str:
+def write_run_report(run_dir: Any) -> Any:
+    """Write ``run_dir/report.html``; a report that fails costs a warning, never the run."""
+    try:
+        from collapselab.report import write_report
+
+        return write_report(run_dir)
+    except Exception as err:  # the run is on disk whatever the report does
+        print(f"warning: report.html not written ({type(err).__name__}: {err}); "
+              f"retry with `collapselab report {run_dir}`", file=sys.stderr)
+        return None
+
+
+def report(summary: dict[str, Any], run_dir: str, html: Any = None) -> str:
     """The end-of-run text: diagnosis per watched embedding, kNN beside the baselines, where files are."""
     from collapselab.diagnostics import Diagnosis
 
@@ -108,5 +122,9 @@ def report(summary: dict[str, Any], run_dir: str) -> str:
                            ("untrained backbone", "baseline_random_knn_top1")):
             if key in ev:
                 lines.append(f"  {label:<20} {100 * ev[key]:5.1f} %")
-    lines += ["", f"run written to {run_dir}/ (config.yaml, metrics.jsonl, checkpoints/last.pt, summary.json)"]
+    files = [name for name in ("config.yaml", "metrics.jsonl", "spectra.npz", "checkpoints/last.pt", "summary.json",
+                               "report.html") if (Path(run_dir) / name).exists()]
+    lines += ["", f"run written to {run_dir}/ ({', '.join(files)})"]
+    if html is not None:
+        lines.append(f"report: {html}")
     return "\n".join(lines)

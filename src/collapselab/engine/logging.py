@@ -194,6 +194,11 @@ class RunLogger:
                 "`pip install wandb` or leave the wandb settings empty"
             ) from err
 
+    @property
+    def tensorboard(self) -> bool:
+        """Whether TensorBoard events are being written."""
+        return self._tb_writer is not None
+
     def _truncate_to(self, resume_step: int) -> None:
         """Keep the complete lines with ``step < resume_step``; atomic rewrite (temp + replace)."""
         if not self.path.exists():

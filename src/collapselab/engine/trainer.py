@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import statistics
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 from tqdm import tqdm
 
@@ -40,9 +38,10 @@ from collapselab.config import (
     to_yaml,
 )
 from collapselab.data import DeviceLoader, build_augment, get_dataset
-from collapselab.data.augment import channel_stats, normalize, to_float_images, use_native
+from collapselab.data.augment import channel_stats, use_native
 from collapselab.diagnostics import CollapseMonitor
 from collapselab.diagnostics.monitor import Alarm
+from collapselab.diagnostics.spectrum import eigenspectrum
 from collapselab.diagnostics.verdict import worst_level
 from collapselab.engine.budget import plan_steps
 from collapselab.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -62,9 +61,16 @@ from collapselab.engine.threads import ThreadGovernor, available_cpus
 from collapselab.evaluation.features import extract_features
 from collapselab.evaluation.knn import knn_accuracy
 from collapselab.methods import SSLMethod, build_method, method_class
-from collapselab.models import backbone_arguments, build_backbone
+from collapselab.runs import (
+    LAST,
+    Normalizer,
+    RunFolder,
+    SpectraRecorder,
+    build_backbone_for,
+    write_atomic,
+)
 
-LAST = "last.pt"
+__all__ = ["LAST", "Normalizer", "Run", "Trainer", "TrainingError", "build_backbone_for", "train"]
 
 
 class TrainingError(RuntimeError):
@@ -83,6 +89,11 @@ class Run:
     summary: dict[str, Any]
     method: SSLMethod | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def folder(self) -> RunFolder:
+        """The run folder on disk (config, history, checks, spectra, checkpoints)."""
+        return RunFolder(self.dir)
 
     @property
     def backbone(self) -> nn.Module:
@@ -125,29 +136,6 @@ def lr_scale(rule: str, global_batch: int) -> float:
     return 1.0
 
 
-def build_backbone_for(config: Config, channels: int, height: int, width: int) -> nn.Module:
-    """The configured backbone, told the input channels (or flattened size for MLPs)."""
-    kwargs = dict(config.model.backbone_args)
-    params = backbone_arguments(config.model.backbone)
-    if "in_channels" in params:
-        kwargs.setdefault("in_channels", channels)
-    elif "input_dim" in params:
-        kwargs.setdefault("input_dim", channels * height * width)
-    return build_backbone(config.model.backbone, **kwargs)
-
-
-class Normalizer(nn.Module):
-    """uint8 or [0, 1] images → standardised float images (per-channel mean/std)."""
-
-    def __init__(self, mean: list[float] | None, std: list[float] | None) -> None:
-        super().__init__()
-        self.mean, self.std = mean, std
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = to_float_images(images)
-        return normalize(x, self.mean, self.std) if self.mean is not None and self.std is not None else x
-
-
 def _capture_rng(generator: torch.Generator) -> dict[str, torch.Tensor]:
     state = {"torch": torch.get_rng_state(), "augment": generator.get_state()}
     if torch.cuda.is_available():
@@ -181,6 +169,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.folder = RunFolder(self.run_dir)
+        self.spectra = SpectraRecorder()
 
     # ---- setup ---------------------------------------------------------------------------
 
@@ -195,6 +185,7 @@ class Trainer:
             torch.distributed.broadcast_object_list(shared, src=0)
             self.run_dir = self.run_dir.parent / shared[0]
             self.checkpoint_dir = self.run_dir / "checkpoints"
+            self.folder = RunFolder(self.run_dir)
         self.device = resolve_device(c.train.device)
         self.amp = amp_dtype(c.train.amp, self.device)
         if self.device.type == "cuda":
@@ -295,6 +286,7 @@ class Trainer:
         self.stop_reason: str | None = None
         if self.resume:
             self._load(self.checkpoint_dir / LAST)
+            self.spectra.load(self.folder.spectra_path, up_to_step=self.global_step)
         self.logger = RunLogger(
             self.run_dir, enabled=self.main, tensorboard=c.log.tensorboard,
             wandb={"project": c.log.wandb_project, "mode": c.log.wandb_mode, "name": self.run_dir.name}
@@ -302,6 +294,10 @@ class Trainer:
             # lines at the checkpoint's own step were written before it was saved: keep them
             resume_step=self.global_step + 1 if self.resume else None, config=to_dict(c),
         )
+        if self.main and c.log.tensorboard == "auto":  # say once whether TensorBoard is written
+            self._write(f"TensorBoard: writing events to {self.run_dir}" if self.logger.tensorboard
+                        else "TensorBoard: not installed, so log.tensorboard=auto writes metrics.jsonl only "
+                             "(pip install tensorboard to get events)")
 
     def _set_length(self, total_steps: int) -> None:
         """The run's length in steps, and what follows from it (epochs, LR warm-up)."""
@@ -368,10 +364,19 @@ class Trainer:
         if not self.main:
             return
         state = self._state()
+        self.spectra.save(self.folder.spectra_path)  # before last.pt: a resume trims it to its step
         save_checkpoint(self.checkpoint_dir / LAST, state)
-        every = self.config.checkpoint.every
-        if every and self.epoch % every == 0:
+        if self.epoch in self._kept_epochs():
             save_checkpoint(self.checkpoint_dir / f"epoch_{self.epoch:04d}.pt", state)
+
+    def _kept_epochs(self) -> set[int]:
+        """Epochs whose state is kept as ``epoch_NNNN.pt``: every ``checkpoint.every``-th, and
+        ``checkpoint.keep`` epochs spread evenly over the run (round(i·E/K), i = 1..K)."""
+        c, epochs = self.config.checkpoint, self.num_epochs
+        kept = set(range(c.every, epochs + 1, c.every)) if c.every else set()
+        if c.keep:
+            kept |= {max(1, round(i * epochs / c.keep)) for i in range(1, min(c.keep, epochs) + 1)}
+        return kept
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
@@ -422,6 +427,7 @@ class Trainer:
         recent = self.epoch_losses[-every:] if every else self.epoch_losses
         loss = sum(recent) / len(recent) if recent else None  # the training loss since the last check
         alarms = self.monitor.update(self.global_step, probe, codes=codes, loss=loss)
+        self._record_check(probe, loss)
         for alarm in alarms:
             hint = f"\n    hint: {'; '.join(self.hints)}" if self.hints else ""
             self._write(f"ALARM {alarm}{hint}")
@@ -431,6 +437,19 @@ class Trainer:
             self.stop_reason = f"monitor.policy=stop: collapse alarm at step {self.global_step}"
         self._sync_stop()
         return alarms
+
+    def _record_check(self, probe: Mapping[str, torch.Tensor], loss: float | None) -> None:
+        """One "check" row in metrics.jsonl (every monitor metric and verdict, named by
+        embedding) and each embedding's covariance spectrum for spectra.npz."""
+        row: dict[str, Any] = {} if loss is None else {"loss": loss}
+        for name, diag in self.monitor.latest.items():
+            if name not in probe:
+                continue
+            row.update({f"{name}/{key}": value for key, value in diag.metrics.items()})
+            row.update({f"{name}/verdict/{mode}": level for mode, level in diag.verdict.items()})
+            z = probe[name]
+            self.spectra.add(self.global_step, name, eigenspectrum(z), n_samples=z.shape[0])
+        self.logger.log(self.global_step, row, kind="check")
 
     def _sync_stop(self) -> None:
         """Every rank learns whether rank 0's monitor stopped the run (so no rank waits alone)."""
@@ -675,7 +694,7 @@ class Trainer:
             "setup_s": t0 - self.t_start,
         }
         if self.main:
-            _write_atomic(self.run_dir / "config.yaml", to_yaml(c))
+            write_atomic(self.run_dir / "config.yaml", to_yaml(c))
         self._write(
             f"train.time_budget={c.train.time_budget}: {step_s * 1000:.1f} ms/step and {overhead_s:.2f} s "
             f"per epoch (monitor, kNN, checkpoint) -> {steps} steps ({self.num_epochs} epochs of "
@@ -737,6 +756,8 @@ class Trainer:
         if self.compiled is not None:
             self.compiled.disable()
         torch.set_num_threads(self.threads_before)
+        if self.main:
+            self.spectra.save(self.folder.spectra_path)
 
     def _train_epoch(self) -> None:
         c = self.config
@@ -868,27 +889,9 @@ class Trainer:
             summary["stop_reason"] = self.stop_reason
         if error:
             summary["error"] = error
-        if self.main:
-            path = self.run_dir / "summary.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name("summary.json.tmp")
-            tmp.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
-            os.replace(tmp, path)
+        if self.main:  # keeps what other commands recorded (collapselab eval's scores)
+            summary = RunFolder(self.run_dir).write_summary(summary)
         return summary
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -939,14 +942,16 @@ def train(
     if isinstance(kwargs.get("dataset"), str):
         dataset = kwargs.pop("dataset")
     if resume is not None:
-        run_dir = Path(resume)
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
+        folder = RunFolder(resume)
+        run_dir = folder.path
+        if not folder.config_path.is_file():
             raise InputError(f"--resume {run_dir}: no config.yaml there (is it a run folder?)")
-        if not (run_dir / "checkpoints" / LAST).is_file():
+        if not folder.has_checkpoint():
             raise CheckpointError(f"--resume {run_dir}: no checkpoints/{LAST} to resume from")
-        base = OmegaConf.to_container(OmegaConf.load(saved))
-        cfg = config_from_dict(base)  # type: ignore[arg-type]
+        try:
+            cfg = config_from_dict(folder.config_dict())
+        except InputError as err:
+            raise InputError(f"--resume {run_dir}: {err}") from err
         if config is not None or overrides or kwargs:
             cfg = load_config(cfg.method.name, cfg.data.dataset, config_file=config, overrides=overrides,
                               base=to_dict(cfg), **kwargs)

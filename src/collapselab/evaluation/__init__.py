@@ -7,17 +7,15 @@
   random-init baselines.
 
 Accuracies and scores are fractions in [0, 1].
+
+The protocol modules are pure functions of features; ``api`` (``evaluate``) also opens run
+folders (``collapselab.runs``, which reads configs and so the method registry). Methods import
+protocol functions (FALCON's code clustering), so ``api``'s names are loaded on first use
+(PEP 562) and importing a protocol module never pulls the run-folder layer in.
 """
 
-from collapselab.evaluation.api import (
-    BASELINES,
-    PROTOCOLS,
-    CheckpointSource,
-    append_to_summary,
-    evaluate,
-    pixel_splits,
-    run_protocols,
-)
+from typing import Any
+
 from collapselab.evaluation.clustering import (
     adjusted_rand_index,
     cluster_scores,
@@ -68,3 +66,14 @@ __all__ = [
     "random_init_copy",
     "run_protocols",
 ]
+
+_API_NAMES = ("BASELINES", "PROTOCOLS", "CheckpointSource", "append_to_summary", "evaluate",
+              "pixel_splits", "run_protocols")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API_NAMES:
+        from collapselab.evaluation import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'collapselab.evaluation' has no attribute {name!r}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from torch import nn
 
 from collapselab._device import resolve_device
 from collapselab._validation import ArrayLike, InputError
+from collapselab.engine.checkpoint import CheckpointError, load_checkpoint
 from collapselab.evaluation.clustering import DEFAULT_N_INIT, code_clustering, kmeans_clustering
 from collapselab.evaluation.features import (
     DEFAULT_BATCH_SIZE,
@@ -27,6 +27,7 @@ from collapselab.evaluation.features import (
 )
 from collapselab.evaluation.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_accuracy
 from collapselab.evaluation.linear import DEFAULT_L2, linear_probe
+from collapselab.runs import Normalizer, RunFolder, backbone_from_state
 
 PROTOCOLS = ("knn", "linear", "clustering")
 BASELINES = ("pixels", "random")
@@ -80,11 +81,6 @@ def load_checkpoint_source(path: str | os.PathLike) -> CheckpointSource:
         InputError: ``path`` does not exist, or a folder holds no ``checkpoints/last.pt``.
         CheckpointError: the file is corrupt or was not written by the trainer.
     """
-    # Lazy imports: collapselab/__init__ imports the trainer, which imports this package.
-    from collapselab.config import config_from_dict
-    from collapselab.engine.checkpoint import CheckpointError, load_checkpoint
-    from collapselab.engine.trainer import Normalizer, build_backbone_for
-
     path = Path(path)
     if not path.exists():
         raise InputError(
@@ -92,14 +88,14 @@ def load_checkpoint_source(path: str | os.PathLike) -> CheckpointSource:
         )
     run_dir: Path | None
     if path.is_dir():
-        checkpoint = path / RUN_CHECKPOINT
-        if not checkpoint.is_file():
+        folder = RunFolder(path)
+        if not folder.has_checkpoint():
             raise InputError(
-                f"{path}: expected a checkpoint at {checkpoint}; is this a run folder? (the run "
-                "may not have finished an epoch yet: the trainer writes checkpoints/last.pt "
-                "after each epoch)"
+                f"{path}: expected a checkpoint at {folder.last_checkpoint}; is this a run folder? "
+                "(the run may not have finished an epoch yet: the trainer writes "
+                "checkpoints/last.pt after each epoch)"
             )
-        run_dir, cache = path, path / FEATURE_CACHE
+        checkpoint, run_dir, cache = folder.last_checkpoint, path, path / FEATURE_CACHE
     else:
         checkpoint = path
         parent = path.parent.parent
@@ -116,42 +112,12 @@ def load_checkpoint_source(path: str | os.PathLike) -> CheckpointSource:
         state = load_checkpoint(checkpoint, map_location="cpu")
     except CheckpointError as err:
         raise CheckpointError(f"loading the backbone for evaluation: {err}") from err
-    missing = [key for key in ("config", "model") if key not in state]
-    if missing:
-        raise CheckpointError(
-            f"{checkpoint}: no {' or '.join(repr(key) for key in missing)} entry; evaluate() reads "
-            "checkpoints written by collapselab.train (save_checkpoint with other contents "
-            "cannot be rebuilt into a backbone)"
-        )
-    try:
-        config = config_from_dict(state["config"])
-    except InputError as err:
-        raise CheckpointError(f"{checkpoint}: its saved config cannot be rebuilt: {err}") from err
-    prefix = state.get("backbone_prefix", "backbone.")
-    weights = {
-        key[len(prefix) :]: value for key, value in state["model"].items() if key.startswith(prefix)
-    }
-    shape = state.get("input_shape")
-    if not weights or shape is None or len(shape) != 3:
-        raise CheckpointError(
-            f"{checkpoint}: no {prefix!r} weights or no input_shape [C, H, W]; it was not written "
-            "by collapselab.train"
-        )
-    channels, height, width = (int(size) for size in shape)
-    backbone = build_backbone_for(config, channels, height, width)
-    try:
-        backbone.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{checkpoint}: the saved weights do not fit the configured backbone "
-            f"{config.model.backbone!r}: {err}"
-        ) from err
-    backbone.eval()
+    backbone = backbone_from_state(state, where=str(checkpoint))
     normalization = state.get("normalization") or {}
     transform = Normalizer(normalization.get("mean"), normalization.get("std"))
     return CheckpointSource(
         model=backbone,
-        dataset=config.data.dataset,
+        dataset=str(state["config"].get("data", {}).get("dataset")),
         transform=transform,
         run_dir=run_dir,
         output_key=None,
@@ -378,13 +344,8 @@ def _check_matches_dataset(splits: FeatureSplits, data: tuple[Any, Any], dataset
 def append_to_summary(
     run_dir: str | os.PathLike, results: Mapping[str, float], key: str = "eval"
 ) -> Path:
-    """Merge ``results`` into ``run_dir/summary.json`` under ``key`` (atomic replace); returns the path."""
-    path = Path(run_dir) / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else {}
-    if not isinstance(summary, dict):
-        raise InputError(f"{path}: expected a JSON object, found {type(summary).__name__}")
-    summary.setdefault(key, {}).update(results)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    """Merge ``results`` into ``run_dir/summary.json`` under ``key`` (atomic; the rest of the
+    summary is kept, :meth:`collapselab.runs.RunFolder.update_summary`); returns the path."""
+    folder = RunFolder(run_dir)
+    folder.update_summary(key, results)
+    return folder.summary_path
