@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "collapselab.commands.eval",
     "collapselab.commands.theory",
     "collapselab.commands.verify",
+    "collapselab.commands.sweep",
 )
 
 # Exit codes shared by every subcommand.
@@ -42,17 +43,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_intermixed(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse with options and positionals in any order: argparse hands a ``nargs="*"``
+    positional (``train``'s KEY=VALUE list) the tokens before the first option only, so the
+    positional tokens left after an option (``--name r log.progress=false``) join that list.
+    (``parse_intermixed_args`` does not support subcommands.)"""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        positional = getattr(args, "args", None)
+        if isinstance(positional, list) and not any(token.startswith("-") for token in extras):
+            positional.extend(extras)
+        else:
+            parser.parse_args(argv)  # the usual one-line usage error, exit 2
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_intermixed(parser, argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return EXIT_OK
     try:
         return int(args.func(args))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except OSError as err:  # an unreadable input or unwritable output (--out on a read-only disk)
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM during training (exit 128 + signal)
+        signum = getattr(err, "signum", 2)
+        print("interrupted" + (" (SIGTERM)" if signum == 15 else ""), file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

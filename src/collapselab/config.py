@@ -518,6 +518,7 @@ def load_config(
     layers.extend(user_layers)
     schema = Config(method=cls.config_class())
     merged: DictConfig = OmegaConf.structured(schema)
+    layers = backbone_args_follow_backbone(layers)
     for where, layer in layers:
         check_keys(layer, schema, where)
         try:
@@ -532,6 +533,29 @@ def load_config(
     config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(config)
     return config
+
+
+def backbone_args_follow_backbone(
+    layers: Sequence[tuple[str, dict[str, Any]]],
+) -> list[tuple[str, dict[str, Any]]]:
+    """``model.backbone_args`` belong to the backbone they were written for: the args of layers
+    before the last layer that names ``model.backbone`` are dropped (a recipe's ``width: 32``
+    is a channel count for small_cnn and a multiplier for a ResNet), and an empty mapping
+    (``model.backbone_args={}``) clears the args of the layers before it."""
+    def model(layer: Mapping[str, Any]) -> Mapping[str, Any]:
+        section = layer.get("model")
+        return section if isinstance(section, Mapping) else {}
+
+    start = 0
+    for i, (_, layer) in enumerate(layers):
+        if model(layer).get("backbone") is not None or model(layer).get("backbone_args") == {}:
+            start = i
+    out = []
+    for i, (where, layer) in enumerate(layers):
+        if i < start and "backbone_args" in model(layer):
+            layer = {**layer, "model": {k: v for k, v in model(layer).items() if k != "backbone_args"}}
+        out.append((where, layer))
+    return out
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
@@ -578,6 +602,10 @@ def validate(config: Config) -> None:
     from collapselab.engine.optim import OPTIMIZERS
 
     config.method.validate()
+    name = config.run.name
+    if name is not None and (not str(name).strip() or name in (".", "..") or "/" in name or "\\" in name):
+        raise InputError(f"run.name must be a folder name inside run.out_dir, not a path: got {name!r} "
+                         "(set run.out_dir for another parent folder)")
     o, t, m, d, e = config.optim, config.train, config.monitor, config.data, config.eval
     _positive(o.lr, "optim.lr")
     _positive(o.weight_decay, "optim.weight_decay", allow_zero=True)

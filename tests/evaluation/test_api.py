@@ -236,4 +236,5 @@ def test_checkpoint_hook_result_supplies_dataset_transform_and_summary(tmp_path,
     result = evaluate(tmp_path, baselines=(), **FAST)
     assert seen and seen[0] == torch.uint8  # the run's transform received the raw batches
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["eval"] == result
+    recorded = {"knn_k": FAST.get("k", 200), "knn_temperature": FAST.get("temperature", 0.1)}
+    assert summary["eval"] == {**result, **recorded}  # the scores and the kNN settings behind them

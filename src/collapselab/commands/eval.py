@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
+from typing import Any
 
 from collapselab._validation import InputError
 from collapselab.cli import EXIT_OK, EXIT_USAGE
@@ -71,13 +73,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     parser.add_argument(
-        "--k", type=int, default=DEFAULT_K, help=f"kNN neighbours (default {DEFAULT_K})"
+        "--k", type=int, default=None,
+        help=f"kNN neighbours (default: a run's own eval.knn_k, so the score compares with the "
+        f"trainer's; {DEFAULT_K} for features)",
     )
     parser.add_argument(
         "--temperature",
         type=float,
-        default=DEFAULT_TEMPERATURE,
-        help=f"kNN vote temperature (default {DEFAULT_TEMPERATURE})",
+        default=None,
+        help=f"kNN vote temperature (default: a run's own eval.knn_temperature; "
+        f"{DEFAULT_TEMPERATURE} for features)",
     )
     parser.add_argument(
         "--l2",
@@ -113,7 +118,7 @@ def _floats(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     from collapselab.engine.checkpoint import CheckpointError
-    from collapselab.evaluation import PROTOCOLS, evaluate, load_features
+    from collapselab.evaluation import load_features
     from collapselab.evaluation.api import load_checkpoint_source
 
     if args.source and args.features:
@@ -130,7 +135,36 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        results = evaluate(
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results = _evaluate(source, args)
+        for warning in caught:
+            print(f"note: {warning.message}", file=sys.stderr)
+    except (InputError, CheckpointError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(format_table(results))
+        if "knn_top1" in results:
+            from collapselab.evaluation.knn import DEFAULT_K, DEFAULT_TEMPERATURE
+
+            k = args.k if args.k is not None else getattr(source, "knn_k", None) or DEFAULT_K
+            tau = args.temperature if args.temperature is not None else (
+                getattr(source, "knn_temperature", None) or DEFAULT_TEMPERATURE)
+            print(f"kNN: k={k} neighbours, vote temperature τ={tau}", file=sys.stderr)
+    run_dir = getattr(source, "run_dir", None)
+    if run_dir is not None:
+        where = sys.stderr if args.json else sys.stdout  # keep --json output parseable
+        print(f"scores appended to {run_dir / 'summary.json'} under 'eval'", file=where)
+    return EXIT_OK
+
+
+def _evaluate(source: Any, args: argparse.Namespace) -> dict[str, float]:
+    from collapselab.evaluation import PROTOCOLS, evaluate
+
+    return evaluate(
             source,
             args.dataset,
             protocols=tuple(args.protocols) if args.protocols else PROTOCOLS,
@@ -143,18 +177,6 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             data_dir=args.data_dir,
         )
-    except (InputError, CheckpointError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print(format_table(results))
-    run_dir = getattr(source, "run_dir", None)
-    if run_dir is not None:
-        where = sys.stderr if args.json else sys.stdout  # keep --json output parseable
-        print(f"scores appended to {run_dir / 'summary.json'} under 'eval'", file=where)
-    return EXIT_OK
 
 
 def format_table(results: dict[str, float]) -> str:

@@ -354,8 +354,9 @@ def prepare(name: str, split: str = "train", data_dir: str | Path | None = None,
 
 def _missing_error(spec: DatasetSpec, split: str, root: Path, remote: RemoteFile) -> FileNotFoundError:
     return FileNotFoundError(
-        f"dataset {spec.name!r} (split {split!r}) is not in {root}. Either pass download=True "
-        f"(CLI: --download), or, offline, download {remote.url} (MD5 {remote.md5}) elsewhere and "
+        f"dataset {spec.name!r} (split {split!r}) is not in {root}. Fetch it with `collapselab datasets "
+        f"--download {spec.name}` (or data.download=true on `collapselab train`, download=True "
+        f"in Python), or, offline, download {remote.url} (MD5 {remote.md5}) elsewhere and "
         f"place it at {root / remote.filename}. Set the folder with data_dir=... / --data-dir or "
         f"${DATA_ENV_VAR}.")
 
@@ -532,12 +533,20 @@ def _read_npz(root: Path, split: str) -> ImageDataset:
     if not path.exists():
         raise FileNotFoundError(f"npz: no file {path}; pass data_dir=<file.npz> or a folder holding "
                                 f"{split}.npz (arrays 'x' and optionally 'y', 'classes')")
-    with np.load(path, allow_pickle=False) as z:
-        if "x" not in z:
-            raise InputError(f"{path}: expected an array named 'x' (images), found {sorted(z.files)}")
-        x = _to_nchw_uint8(z["x"], str(path))
-        y = z["y"].astype(np.int64).reshape(-1) if "y" in z else np.full(len(x), -1, np.int64)
-        classes = [str(c) for c in z["classes"]] if "classes" in z else None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z:
+                raise InputError(f"{path}: expected an array named 'x' (images), found {sorted(z.files)}")
+            x = _to_nchw_uint8(z["x"], str(path))
+            y = z["y"].astype(np.int64).reshape(-1) if "y" in z else np.full(len(x), -1, np.int64)
+            classes = [str(c) for c in z["classes"]] if "classes" in z else None
+    except ValueError as err:  # object arrays (refused: loading them would unpickle), bad headers
+        raise InputError(f"{path}: cannot be read as numeric arrays ({err}); save images and labels as "
+                         "plain NumPy number arrays (np.savez(path, x=uint8 images, y=int labels))") from None
+    except (OSError, EOFError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise InputError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from None
     if len(y) != len(x):
         raise InputError(f"{path}: 'x' has {len(x)} images but 'y' has {len(y)} labels")
     if classes is None:

@@ -11,10 +11,12 @@ import contextlib
 import copy
 import math
 import os
+import signal
 import statistics
 import sys
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -75,6 +77,30 @@ __all__ = ["LAST", "Normalizer", "Run", "Trainer", "TrainingError", "build_backb
 
 class TrainingError(RuntimeError):
     """Training stopped for a reason the user must act on (non-finite loss, monitor stop)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster's time limit, ``kill``) during training: handled like Ctrl-C — the run
+    ends with status "interrupted", its summary written and its last checkpoint kept."""
+
+    signum = int(signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While training, SIGTERM raises :class:`Terminated` (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -201,6 +227,13 @@ class Trainer:
         self.eval_set = None
         if c.data.knn_split and (c.eval.knn_every or c.eval.final):
             self.eval_set = get_dataset(c.data.dataset, c.data.knn_split, data_dir=c.data.data_dir, download=c.data.download)
+        self.unlabelled = bool((self.train_set.labels < 0).all()) or (
+            self.eval_set is not None and bool((self.eval_set.labels < 0).all()))
+        if self.unlabelled and self.eval_set is not None:
+            self.eval_set = None  # kNN needs labels: train, monitor and report without it
+            if self.rank == 0:
+                print(f"note: {c.data.dataset} has no labels, so the online kNN and the final evaluation "
+                      "are skipped (the collapse monitor needs none)", file=sys.stderr)
         n_train = len(self.train_set)
         per_rank = n_train // self.world
         if c.data.batch_size > per_rank:
@@ -380,10 +413,25 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
-        self.method.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        saved = state.get("config") or {}
+        try:
+            self.method.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            was = (f"method {saved.get('method', {}).get('name')!r}, backbone "
+                   f"{saved.get('model', {}).get('backbone')!r}")
+            now = f"method {self.config.method.name!r}, backbone {self.config.model.backbone!r}"
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(
+                f"{path}: the checkpoint's model ({was}) does not fit this run's config ({now}): {first}; "
+                "resume with the run's own config.yaml, or start a new run") from err
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        if self.global_step > self.total_steps:
+            raise InputError(
+                f"this run has done {self.global_step} steps ({self.epoch} epochs) but the config asks for "
+                f"{self.total_steps} ({self.num_epochs} epochs); a resumed run can only go on: raise "
+                "train.epochs (or train.steps)")
         self.images_seen, self.train_time = int(state["images_seen"]), float(state["train_time"])
         _restore_rng({k: v.cpu() for k, v in state["rng"].items()}, self.generator)
         self.monitor.load_state_dict(state["monitor"])
@@ -422,6 +470,7 @@ class Trainer:
             self._sync_stop()
             return []
         probe = self.probe_embeddings()
+        self._check_finite(probe)
         codes = probe.pop("codes", None)
         every = self.config.monitor.every
         recent = self.epoch_losses[-every:] if every else self.epoch_losses
@@ -589,6 +638,20 @@ class Trainer:
             f"{where}; training stopped and {kept}. Try a lower optim.lr, optim.grad_clip, or train.amp=off"
         )
 
+    def _check_finite(self, probe: Mapping[str, torch.Tensor]) -> None:
+        """Weights that went non-finite while the logged loss still was finite (the optimiser
+        step after the last loss) are a divergence, reported as one, not as bad monitor input."""
+        bad = [name for name, z in probe.items() if not bool(torch.isfinite(z).all())]
+        if bad:
+            raise self._diverged_weights(f"the probe's {', '.join(bad)} embeddings are non-finite")
+
+    def _diverged_weights(self, what: str) -> TrainingError:
+        last = self.checkpoint_dir / LAST
+        kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if last.exists() else "no checkpoint was written yet"
+        return TrainingError(
+            f"the network diverged by step {self.global_step} (epoch {self.epoch + 1}, {self.method.name}): {what}; "
+            f"training stopped and {kept}. Try a lower optim.lr, optim.grad_clip, or train.amp=off")
+
     def _raise_if_diverged(self, err: BaseException) -> None:
         """After an error inside a step: if the loss had already gone non-finite, that is the
         cause to report (NaN weights make later operations fail in obscure ways)."""
@@ -598,6 +661,9 @@ class Trainer:
             raise diverged from err
         except Exception:  # the window cannot be read: report the original error
             return
+        bad = sum(int((~torch.isfinite(p)).sum()) for p in self.method.parameters())
+        if bad:
+            raise self._diverged_weights(f"{bad} weights are non-finite") from err
 
     # ---- time budget ---------------------------------------------------------------------
 
@@ -706,6 +772,10 @@ class Trainer:
             torch.cuda.synchronize(self.device)
 
     def fit(self) -> Run:
+        with terminate_as_interrupt():
+            return self._fit()
+
+    def _fit(self) -> Run:
         self.t_start = time.perf_counter()  # a time budget counts from here, setup included
         self.setup()
         c = self.config
@@ -728,8 +798,9 @@ class Trainer:
                 self._train_epoch()
             if self.budget is not None:
                 self.budget["time_used_s"] = time.perf_counter() - self.t_start
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             self._finish()
+            self.stop_reason = "SIGTERM" if isinstance(err, Terminated) else "SIGINT (Ctrl-C)"
             self._write_summary("interrupted", time.perf_counter() - start_wall, None)
             self.logger.close()
             raise
@@ -841,9 +912,10 @@ class Trainer:
         if self.eval_set is None:
             return {}
         c = self.config
-        return evaluate(self.method.backbone, c.data.dataset, protocols=("knn",), baselines=("pixels", "random"),
-                        k=c.eval.knn_k, temperature=c.eval.knn_temperature, seed=c.train.seed,
-                        transform=self.normalizer, data_dir=c.data.data_dir, download=c.data.download)
+        scores = evaluate(self.method.backbone, c.data.dataset, protocols=("knn",), baselines=("pixels", "random"),
+                          k=c.eval.knn_k, temperature=c.eval.knn_temperature, seed=c.train.seed,
+                          transform=self.normalizer, data_dir=c.data.data_dir, download=c.data.download)
+        return {**scores, "knn_k": c.eval.knn_k, "knn_temperature": c.eval.knn_temperature}
 
     def _write_summary(self, status: str, wall: float, final: dict[str, float] | None, error: str | None = None) -> dict[str, Any]:
         c = self.config
@@ -912,6 +984,36 @@ def auto_recipe(config: Config) -> tuple[str | None, dict[str, Any], str]:
     return picked, adapt, f"{d.dataset} has no {config.method.name} recipe; {why}"
 
 
+# keys a resumed run cannot change: the data order, LR scaling, model shape or objective depend on them
+FIXED_ON_RESUME = ("method", "model", "data.dataset", "data.batch_size", "data.augment", "data.normalize",
+                   "optim.name", "optim.lr_scaling", "train.seed")
+LENGTH_KEYS = ("train.epochs", "train.steps", "train.time_budget")
+
+
+def _dotted(config: Config, key: str) -> Any:
+    value: Any = to_dict(config)
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def check_resume_changes(saved: Config, new: Config, run_dir: Path) -> None:
+    """A resumed run may extend its length and change logging, evaluation or monitoring; a change
+    of what defines the run (method, model, data, batch size, seed, optimiser) is an error, and a
+    new length says that the LR and EMA schedules are re-planned over it from the current step."""
+    changed = [key for key in FIXED_ON_RESUME if _dotted(saved, key) != _dotted(new, key)]
+    if changed:
+        raise InputError(
+            f"--resume {run_dir}: {', '.join(changed)} cannot change on resume (the checkpoint, the data "
+            "order and the schedules were made with the saved values); start a new run for that")
+    lengths = [f"{key} {_dotted(saved, key)} -> {_dotted(new, key)}" for key in LENGTH_KEYS
+               if _dotted(saved, key) != _dotted(new, key)]
+    if lengths and os.environ.get("RANK", "0") == "0":
+        print(f"note: {', '.join(lengths)}: the LR and EMA schedules are re-planned over the new length "
+              "from the current step, so the run differs from one planned with it from the start",
+              file=sys.stderr)
+
+
 def default_run_name(config: Config) -> str:
     return f"{config.method.name}_{config.data.dataset}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -953,8 +1055,10 @@ def train(
         except InputError as err:
             raise InputError(f"--resume {run_dir}: {err}") from err
         if config is not None or overrides or kwargs:
+            saved = cfg
             cfg = load_config(cfg.method.name, cfg.data.dataset, config_file=config, overrides=overrides,
                               base=to_dict(cfg), **kwargs)
+            check_resume_changes(saved, cfg, run_dir)
         return Trainer(cfg, run_dir, resume=True).fit()
     cfg = load_config(method, dataset, config_file=config, overrides=overrides, **kwargs)
     if cfg.run.recipe is None:  # a dataset without a recipe: pick one by image size and device

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,8 @@ class CheckpointSource:
     run_dir: Path | None = None
     output_key: str | None = None
     cache: Path | None = None
+    knn_k: int | None = None
+    knn_temperature: float | None = None
 
 
 Source = nn.Module | CheckpointSource | FeatureSplits | Mapping | tuple | str | os.PathLike
@@ -122,6 +125,8 @@ def load_checkpoint_source(path: str | os.PathLike) -> CheckpointSource:
         run_dir=run_dir,
         output_key=None,
         cache=cache,
+        knn_k=(state["config"].get("eval") or {}).get("knn_k"),
+        knn_temperature=(state["config"].get("eval") or {}).get("knn_temperature"),
     )
 
 
@@ -217,8 +222,8 @@ def evaluate(
     protocols: Sequence[str] = PROTOCOLS,
     baselines: Sequence[str] = BASELINES,
     codes: ArrayLike | None = None,
-    k: int = DEFAULT_K,
-    temperature: float = DEFAULT_TEMPERATURE,
+    k: int | None = None,
+    temperature: float | None = None,
     l2: float | Sequence[float] = DEFAULT_L2,
     n_init: int = DEFAULT_N_INIT,
     seed: int = 0,
@@ -248,7 +253,10 @@ def evaluate(
             architecture re-initialised under ``seed``; modules only); () for none.
         codes: (M,) code indices or (M, c) code probabilities of the test samples, for the
             argmax-code NMI/ARI/ACC (overrides ``test_codes`` in features).
-        k, temperature: kNN neighbours and vote temperature τ; l2: probe λ (or candidates);
+        k, temperature: kNN neighbours and vote temperature τ (None: the run's ``eval.knn_k``
+            and ``eval.knn_temperature`` for a run or checkpoint, so its scores compare with
+            the trainer's; else 200 and 0.1; both are recorded in the run's summary); a k
+            larger than the training split is lowered to its size, with a warning; l2: probe λ (or candidates);
             n_init: k-means restarts; seed: k-means, probe validation split and random init.
         device: where to embed and compute (default: the module's device / the features').
         batch_size, transform, output_key: feature extraction (see :func:`extract_features`).
@@ -272,7 +280,11 @@ def evaluate(
         transform = transform if transform is not None else source.transform
         output_key = source.output_key or output_key
         cache = cache if cache is not None else source.cache
+        k = k if k is not None else source.knn_k
+        temperature = temperature if temperature is not None else source.knn_temperature
         source = source.model
+    k = DEFAULT_K if k is None else int(k)
+    temperature = DEFAULT_TEMPERATURE if temperature is None else float(temperature)
     protocols = _check_names(protocols, PROTOCOLS, "protocol")
     baselines = _check_names(baselines, BASELINES, "baseline")
     data = _load_dataset(dataset, data_dir, download) if dataset is not None else None
@@ -314,6 +326,11 @@ def evaluate(
             test_codes=codes,
         )
 
+    bank = len(splits.train_features)
+    if "knn" in protocols and k > bank:
+        warnings.warn(f"kNN: k={k} is larger than the {bank} training features; using k={bank}",
+                      stacklevel=2)
+        k = bank
     settings = dict(k=k, temperature=temperature, l2=l2, n_init=n_init, seed=seed, device=device)
     results = run_protocols(splits, protocols, **settings)
     if "pixels" in baselines and data is not None:
@@ -324,7 +341,8 @@ def evaluate(
         random = run_protocols(random_features, protocols, **settings)
         results.update({f"baseline_random_{key}": value for key, value in random.items()})
     if run_dir is not None:
-        append_to_summary(run_dir, results)
+        recorded = {"knn_k": k, "knn_temperature": temperature} if "knn" in protocols else {}
+        append_to_summary(run_dir, {**results, **recorded})
     return results
 
 
