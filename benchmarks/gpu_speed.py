@@ -55,7 +55,7 @@ Commands::
     # real CIFAR-10 (45,000 train images, 5,000 as test.npz), torch.compile on both sides: each
     # compiling configuration costs about a minute more (ResNet-18 BYOL took 76 s on 2 CPU
     # cores), so keep it to one batch size to stay within ~5 minutes
-    python /work/shared/data/decode_cifar10_jpeg.py /tmp/cifar10
+    python decode_cifar10_jpeg.py /tmp/cifar10   # the decoder shipped with the CIFAR-10 pack
     python benchmarks/gpu_speed.py --data /tmp/cifar10 --batch-sizes 1024 --compile on --plain-compile
 
 The output's ``seconds`` per part tell where the time went; ``--parts`` runs a subset.
@@ -211,7 +211,7 @@ def load_images(data: str | None, n: int) -> Images:
     folder = Path(data)
     if not (folder / "train.npz").is_file():
         raise SystemExit(f"--data {folder}: no train.npz there (write one with "
-                         "/work/shared/data/decode_cifar10_jpeg.py OUT_DIR)")
+                         "the CIFAR-10 pack's decode_cifar10_jpeg.py OUT_DIR; layout in docs/data.md)")
     full = get_dataset("npz", "train", data_dir=str(folder))
     n = min(n, len(full.images))
     if (folder / "test.npz").is_file():

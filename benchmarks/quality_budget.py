@@ -36,7 +36,7 @@ images. Raw pixels: the same kNN on the flattened normalised pixels.
 
 Data. ``--data DIR`` is a folder in the layout ``dataset=npz`` reads: ``train.npz`` and
 ``test.npz``, each with ``x`` (N, H, W, C) uint8, ``y`` and optionally ``classes``. The CIFAR-10
-pack in the project's shared data folder ships its decoder, which writes exactly that (45,000
+image pack (docs/data.md) ships its decoder, which writes exactly that (45,000
 training images and a stratified 5,000-image validation split as test.npz)::
 
     python decode_cifar10_jpeg.py /tmp/cifar10

@@ -1,4 +1,4 @@
-"""Cluster and intracluster collapse (science.md §1): code usage and within-cluster spread."""
+"""Cluster and intracluster collapse (Sansone et al. 2025): code usage and within-cluster spread."""
 
 from __future__ import annotations
 

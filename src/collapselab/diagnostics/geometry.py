@@ -1,4 +1,4 @@
-"""Geometric measurements of collapse (science.md §1, §3; Wang & Isola, ICML 2020; SimSiam).
+"""Geometric measurements of collapse (Wang & Isola, ICML 2020; SimSiam; docs/diagnostics.md).
 
 Inputs are (N, D) embeddings as tensors or ndarrays; computation is float64 on the input's
 device; results are Python floats.
@@ -72,7 +72,7 @@ def mean_pairwise_cosine(z: ArrayLike) -> float:
 
     With u_i = z_i/‖z_i‖: Σ_{i≠j} u_iᵀu_j = ‖Σ_i u_i‖² − Σ_i ‖u_i‖², divided by N(N − 1).
     Near 1 at complete collapse — but also for non-negative (post-ReLU) features of a healthy or
-    random network, so it is reported, not used for a verdict (science.md §1).
+    random network, so it is reported, not used for a verdict (docs/diagnostics.md, 'Verdicts').
     """
     return point_statistics(as_float64_matrix(z))[0]["mean_pairwise_cosine"]
 
@@ -98,7 +98,7 @@ def relative_variance(z: ArrayLike) -> float:
     The fraction of the embeddings' second moment that varies across samples. 0 at complete
     collapse (every row the same vector, wherever it is); 1 for zero-mean embeddings. Unlike
     raw cosines it is not fooled by a common offset such as the positive mean of ReLU features
-    (science.md §1, "Calibrating verdicts"). Returns 0.0 when all embeddings are zero.
+    (docs/diagnostics.md, 'Verdicts'). Returns 0.0 when all embeddings are zero.
     """
     return point_statistics(as_float64_matrix(z))[0]["relative_variance"]
 
@@ -115,7 +115,7 @@ def directional_variance(z: ArrayLike) -> float:
 
 def total_variance(z: ArrayLike) -> float:
     """Absolute spread tr Σ = E‖z − z̄‖² (biased). Track its trend: a shrinking embedding keeps
-    scale-invariant measures flat while tr Σ falls by orders of magnitude (science.md §1)."""
+    scale-invariant measures flat while tr Σ falls by orders of magnitude (docs/diagnostics.md)."""
     return point_statistics(as_float64_matrix(z))[0]["total_variance"]
 
 

@@ -1,4 +1,4 @@
-"""Spectral measurements of dimensional collapse (science.md §2).
+"""Spectral measurements of dimensional collapse (docs/diagnostics.md, 'Spectral').
 
 All functions take an (N, D) embedding matrix ``z`` (rows = samples) as a tensor or ndarray,
 compute in float64 on the input's device, and return Python floats or float64 tensors.
@@ -215,7 +215,7 @@ def components_for_variance(curve: torch.Tensor, fraction: float = 0.9) -> int:
 
 
 def stable_rank(z: ArrayLike) -> float:
-    """Stable rank srank(Σ) = (tr Σ)² / ‖Σ‖_F² ∈ [1, D] (science.md §2; the seeds' definition).
+    """Stable rank srank(Σ) = (tr Σ)² / ‖Σ‖_F² ∈ [1, D] (the participation ratio; Gao et al. 2017).
 
     Scale-invariant; equals D iff Σ = σ²I and tends to 1 as one eigenvalue dominates. Needs no
     eigendecomposition: tr Σ = ‖Z_c‖_F²/N and ‖Σ‖_F² = ‖Z_cᵀZ_c‖_F²/N², formed with the cheaper of

@@ -1,6 +1,7 @@
 """``diagnose``: every collapse measurement of an embedding set, and a verdict per collapse mode.
 
-The four modes (science.md §1) and the measurement each verdict rests on:
+The four modes (Sansone, Lebailly & Tuytelaars, ICML 2025, arXiv 2410.04959) and the measurement
+each verdict rests on:
 
 =============  ==========================================================================
 complete       spread = min(tr Σ / E‖z‖², 1 − ‖mean z/‖z‖‖²): the centred spread relative to the

@@ -1,4 +1,4 @@
-"""Evaluation protocols on frozen features (science.md §6; docs/evaluation.md).
+"""Evaluation protocols on frozen features (docs/evaluation.md).
 
 - :func:`knn_accuracy`: weighted kNN (cosine, k = 200, exp(s/τ) votes, τ = 0.1), top-1/top-5.
 - :func:`linear_probe`: ℓ2-regularised logistic regression by full-batch L-BFGS on standardised features.

@@ -1,7 +1,7 @@
 """Clustering quality: k-means on L2-normalised features, and argmax codes → NMI, ARI, ACC.
 
 With the contingency table n_ij = #{samples of class i in cluster j}, row sums a_i, column sums
-b_j and N samples (science.md §6; all in float64 / exact integers):
+b_j and N samples (docs/evaluation.md, 'Clustering'; all in float64 / exact integers):
 
 - NMI (arithmetic normalisation, scikit-learn's default; Strehl & Ghosh 2002, Vinh et al. 2010):
   I = Σ_ij (n_ij/N) log(N n_ij / (a_i b_j)), H(a) = −Σ_i (a_i/N) log(a_i/N),

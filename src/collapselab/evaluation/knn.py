@@ -1,4 +1,4 @@
-"""Weighted k-nearest-neighbour classification of frozen features (science.md §6).
+"""Weighted k-nearest-neighbour classification of frozen features (docs/evaluation.md).
 
 Protocol (Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance Discrimination",
 CVPR 2018, weighted kNN evaluation; the defaults of lightly's ``knn_predict``, k = 200 and τ = 0.1;

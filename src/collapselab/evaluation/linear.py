@@ -1,4 +1,4 @@
-"""Linear probe: multinomial logistic regression on frozen, standardised features (science.md §6).
+"""Linear probe: multinomial logistic regression on frozen, standardised features (docs/evaluation.md).
 
 Objective (W ∈ R^{D×C}, b ∈ R^C, standardised features x̃ = (x − μ)/σ with μ, σ from the train split):
 

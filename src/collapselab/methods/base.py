@@ -32,7 +32,8 @@ class MethodConfig:
 
     ``projector``: head widths, ``"paper"`` (the published ones) or ``"small"`` (512/128, for
     tiny images and CPUs); ``projector_hidden_dim`` / ``projector_out_dim`` override them.
-    ``projector_bn``: BatchNorm in the projector (an anti-collapse switch, science.md §5).
+    ``projector_bn``: BatchNorm in the projector (an anti-collapse switch: BN acts as an
+    implicit restoring force near collapse; docs/theory.md, ``batchnorm-jacobian-inverse-spread``).
     """
 
     name: str = "byol"

@@ -35,7 +35,8 @@ class MLPHead(nn.Module):
         num_layers: number of Linear layers (≥ 1; 1 is a single linear map).
         bn: BatchNorm1d after every hidden Linear. ``bn=False`` removes all of them (and
             ``last_bn`` must then be False too): one of the anti-collapse switches, since BN
-            acts as an implicit restoring force near collapse (science.md §5).
+            acts as an implicit restoring force near collapse (docs/theory.md §3, claim
+            ``batchnorm-jacobian-inverse-spread``; Richemond et al. 2020, arXiv 2010.10241).
         last_bn: BatchNorm1d on the output (SimSiam's projector ends with one).
         last_bn_affine: learnable γ/β on that output BN (SimSiam's official code: False).
 

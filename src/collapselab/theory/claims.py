@@ -239,7 +239,8 @@ def format_table(results: list[ClaimResult]) -> str:
 
 
 # =============================================================================================
-# The claims of the theory issue (science.md §5 and the seed notes)
+# The claims of the theory issue (sources: the papers in docs/theory.md, or collapselab's own
+# derivation where a claim's source says so)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -258,7 +259,8 @@ def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
 
 @claim(
     "naive-alignment-closed-form",
-    source="seed note 001; science.md §5 (linear encoder, L = E‖Wx − Wx⁺‖²)",
+    source="collapselab (docs/theory.md §3; gradient flow of the naive loss L = E‖Wx − Wx⁺‖² for a "
+    "linear encoder, our derivation)",
     statement="Gradient flow of naive alignment gives W(t) = W(0)·exp(−2ηSt): the part of W on "
     "range(S) decays, the part on null(S) is preserved.",
     counterfactual="W(t) = W(0)·exp(−ηSt) with every singular value decaying (null part → 0)",
@@ -448,7 +450,7 @@ def _check_fixed_points(counterfactual: bool) -> list[Comparison]:
 
 @claim(
     "direct-minimisation-collapses",
-    source="Ponce, Terver & Hebert 2025 ('Dual perspectives on non-contrastive SSL'); seed note 004",
+    source="Ponce, Terver & Hebert 2025 ('Dual perspectives on non-contrastive SSL', arXiv 2507.01028)",
     statement="In the linear case, minimising J directly (no stop-gradient, no EMA) collapses: W → 0 "
     "from every initialisation, with or without predictor.",
     counterfactual="direct minimisation keeps the representation: ‖W(T)‖²/‖W(0)‖² ≈ 1",
@@ -578,7 +580,8 @@ def _check_stable_equilibria(counterfactual: bool) -> list[Comparison]:
 
 @claim(
     "no-predictor-collapse-stable",
-    source="seed note 002 ('The predictor as a bottleneck'); Tian, Chen & Ganguli 2021 Sec. 3",
+    source="collapselab (docs/theory.md, 'the predictor as a bottleneck'); Tian, Chen & Ganguli 2021 "
+    "Sec. 3; Chen & He 2021 Sec. 4.2 (empirical)",
     statement="Without a predictor, stop-gradient (and EMA) do not rescue the collapsed point: the "
     "gradient vanishes at W = 0 and every Jacobian eigenvalue there is negative.",
     counterfactual="stop-gradient makes collapse unstable (max Re λ > 0)",
@@ -626,7 +629,8 @@ def _check_no_predictor(counterfactual: bool) -> list[Comparison]:
 
 @claim(
     "optimal-linear-predictor",
-    source="Chen & He 2021 (SimSiam as EM); seed note 002, Exercise 3",
+    source="Chen & He 2021 Sec. 5 (SimSiam as EM); A* = Σ₂₁Σ₁₁⁻¹ is ordinary least squares "
+    "(collapselab, docs/theory.md §3)",
     statement="The optimal linear predictor is A* = Σ₂₁Σ₁₁⁻¹; for Gaussian views with cross-covariance ρI "
     "it is h*(z) = ρz; the linear model's predictor flow (encoder frozen) converges to A*.",
     counterfactual="A* = Σ₁₁⁻¹Σ₂₁ (factors swapped) and h*(z) = ρ²z",
@@ -694,7 +698,8 @@ def _check_optimal_predictor(counterfactual: bool) -> list[Comparison]:
 
 @claim(
     "stable-rank-scale-invariant",
-    source="seed note 002 (Exercise 1); science.md §2",
+    source="collapselab (docs/diagnostics.md, 'Spectral'; srank is the participation ratio of Gao et "
+    "al. 2017, bioRxiv, 'A theory of multineuronal dimensionality, dynamics and measurement')",
     statement="srank(Σ) = (tr Σ)²/‖Σ‖_F² is invariant to scaling the embedding and tends to 1 as one "
     "eigenvalue dominates.",
     counterfactual="a one-dominant spectrum keeps srank = D (the number of non-zero eigenvalues)",
@@ -743,7 +748,9 @@ def _nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Te
 
 @claim(
     "nt-xent-collapse-and-simplex",
-    source="science.md §4–5; seed note 002 (dimensional collapse of contrastive losses)",
+    source="Chen et al. 2020 (SimCLR, arXiv 2002.05709) for NT-Xent; collapse value and simplex ETF: "
+    "collapselab (docs/diagnostics.md, 'Losses at their collapse value'; docs/theory.md §3), cf. "
+    "Jing et al. 2022 (ICLR, arXiv 2110.09348) on dimensional collapse of contrastive losses",
     statement="NT-Xent at complete collapse equals log(2N − 1) for any temperature; a simplex ETF of N "
     "points minimises the negative-pair term and spans only N − 1 dimensions.",
     counterfactual="collapse gives log(2N) and the ETF spans N dimensions",
@@ -813,7 +820,8 @@ def _check_nt_xent(counterfactual: bool) -> list[Comparison]:
 
 @claim(
     "batchnorm-jacobian-inverse-spread",
-    source="science.md §5 ('BatchNorm as an implicit restoring force'); seed note 002",
+    source="collapselab (docs/theory.md §3, 'BatchNorm as an implicit restoring force'); Ioffe & "
+    "Szegedy 2015 (BatchNorm, ICML, Sec. 3); cf. Richemond et al. 2020 (arXiv 2010.10241)",
     statement="For a batch-normalised feature with spread σ, the Jacobian ∂ẑ/∂z has spectral norm "
     "γ/√(σ² + ε): it grows as 1/σ as the dimension collapses.",
     counterfactual="the Jacobian grows as 1/σ² (log-log slope −2)",
@@ -853,7 +861,7 @@ def _check_batchnorm(counterfactual: bool) -> list[Comparison]:
 
 @claim(
     "rademacher-quasi-orthogonality",
-    source="Sansone, Lebailly & Tuytelaars 2025 (FALCON/CPLearn, arXiv 2410.04959); seed note 003",
+    source="Sansone, Lebailly & Tuytelaars 2025 (FALCON/CPLearn, ICML 2025, arXiv 2410.04959)",
     statement="Independent random Rademacher codewords in f dimensions have cosine similarity with "
     "mean 0 and variance exactly 1/f (quasi-orthogonal for large f).",
     counterfactual="the cosine variance is 2/f",

@@ -2,7 +2,8 @@
 
 With X = I, X′ = σ²I, a symmetric predictor W_p aligned with F = WWᵀ and a target W_a = τW
 (τ per mode), the matrix flow of :mod:`collapselab.theory.linear` splits into independent modes
-(p_j, s_j, τ_j) — eigenvalues of W_p, F and the target ratio — obeying (science.md §5)
+(p_j, s_j, τ_j) — eigenvalues of W_p, F and the target ratio — obeying (Tian et al. Sec. 4, with
+τ tracked per mode)
 
     ṗ = α_p s [τ − (1+σ²)p] − ηp
     ṡ = 2ps [τ − (1+σ²)p] − 2ηs

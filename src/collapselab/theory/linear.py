@@ -1,6 +1,6 @@
 """Linear SSL dynamics: encoder W, optional predictor W_p, target W_a (direct, stop-grad or EMA).
 
-The model (Tian, Chen & Ganguli 2021, arXiv 2102.06810, Sec. 3; science.md §5). Two views of an
+The model (Tian, Chen & Ganguli 2021, arXiv 2102.06810, Sec. 3; docs/theory.md §1). Two views of an
 input are x₁ = x̄ + e₁ and x₂ = x̄ + e₂ with x̄ ~ (0, X) the augmentation-averaged input and
 e₁, e₂ ~ (0, X′) independent augmentation noise, so
 

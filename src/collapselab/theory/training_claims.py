@@ -163,7 +163,7 @@ if "composite" in _methods():
 
     @claim(
         "alignment-alone-collapses",
-        source="science.md §5 (the naive objective is minimised by a constant); Bardes et al. 2022 "
+        source="the naive objective is minimised by a constant (docs/theory.md); Bardes et al. 2022 "
         "(VICReg) §4.3; docs/methods.md (composite ablation)",
         statement="The alignment term alone collapses: composite config (a) raises a 'collapsed' "
         "alarm (complete or dimensional, backbone or embedding); adding variance and covariance (b) "
