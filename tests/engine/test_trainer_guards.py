@@ -217,3 +217,32 @@ def test_an_unwritable_output_is_a_one_line_error(tmp_path: Path, capsys: pytest
     code = main(["theory", "phase-map", "--out", str(blocker / "sub"), "--eta", "0.1", "--beta", "0.5"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err
+
+
+def test_a_corrupt_image_in_an_imagefolder_is_named(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / label / f"{i}.png")
+    (tmp_path / "a" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(InputError, match=r"cannot decode image .*bad\.png"):
+        collapselab.data.get_dataset("imagefolder", "train", data_dir=tmp_path)
+
+
+def test_a_checkpoint_holding_code_is_refused_without_unpickling_advice(tmp_path: Path) -> None:
+    from collapselab.engine.checkpoint import load_checkpoint
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self) -> tuple[Any, tuple[str]]:
+            return (Path.touch, (str(marker),))
+
+    torch.save({"format": "collapselab-checkpoint", "state": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "evil.pt")
+    assert "never unpickled" in str(info.value) and "weights_only=False" not in str(info.value)
+    assert "\n" not in str(info.value) and not marker.exists()

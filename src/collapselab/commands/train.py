@@ -28,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="YAML config layered over the recipe")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoints/last.pt")
     parser.add_argument("--name", help="run folder name (run.name)")
+    parser.add_argument("--auto-resume", action="store_true",
+                        help="if run.out_dir/run.name already holds a checkpoint, resume it (a completed "
+                             "run of the same length is left as it is); else start it: for job schedulers "
+                             "that requeue (SLURM arrays, collapselab sweep --print-commands)")
     parser.add_argument("--fail-on", choices=("warning", "collapsed"),
                         help="exit with status 1 if the final diagnosis reaches this level")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -60,7 +64,16 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.resume and names:
             raise InputError("--resume continues the saved run's method and dataset; drop METHOD/DATASET")
-        result = train(method, dataset, config=args.config, overrides=overrides, resume=args.resume)
+        if args.resume and args.auto_resume:
+            raise InputError("give --resume RUN_DIR or --auto-resume, not both")
+        resume = args.resume
+        if args.auto_resume:
+            resume = existing_run(load_config(method, dataset, config_file=args.config, overrides=overrides))
+            if resume == "done":
+                return EXIT_OK
+        if resume is not None:
+            method = dataset = None
+        result = train(method, dataset, config=args.config, overrides=overrides, resume=resume)
     except (InputError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -78,6 +91,25 @@ def run(args: argparse.Namespace) -> int:
         if LEVELS.index(result.summary["worst_verdict"]) >= LEVELS.index(args.fail_on):
             return EXIT_FAIL
     return EXIT_OK
+
+
+def existing_run(config: Any) -> Any:
+    """``--auto-resume``: the run folder to resume, ``"done"`` for a completed run of the same
+    length (nothing to do), or None to start a new run."""
+    from collapselab.runs import RunFolder
+
+    if not config.run.name:
+        raise InputError("--auto-resume needs a run name (--name or run.name) to find the run again")
+    folder = RunFolder(Path(config.run.out_dir) / config.run.name)
+    if not folder.has_checkpoint():
+        return None
+    saved = folder.config_dict().get("train", {})
+    same_length = all(saved.get(key) == getattr(config.train, key) for key in ("epochs", "time_budget")) and (
+        config.train.steps is None or saved.get("steps") == config.train.steps)
+    if folder.summary().get("status") == "completed" and same_length:
+        print(f"{folder.path}: already completed; nothing to do (--auto-resume)")
+        return "done"
+    return folder.path
 
 
 def write_run_report(run_dir: Any) -> Any:

@@ -563,8 +563,8 @@ def _decode_image(path: Path, channels: int, size: tuple[int, int] | None) -> np
             if size is not None and im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
-    except OSError as err:
-        raise InputError(f"cannot decode image {path}: {err}; remove or replace the file") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise InputError(f"cannot decode image {path}: {err}; remove or replace the file") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -609,9 +609,12 @@ def load_imagefolder(root: str | Path, split: str = "train", image_size: int | t
     size = (image_size, image_size) if isinstance(image_size, int) else (tuple(image_size) if image_size else None)
     modes, sizes = set(), set()
     for p in files if size is None else files[:256]:
-        with Image.open(p) as im:
-            modes.add(im.mode)
-            sizes.add((im.size[1], im.size[0]))
+        try:
+            with Image.open(p) as im:
+                modes.add(im.mode)
+                sizes.add((im.size[1], im.size[0]))
+        except (OSError, SyntaxError, ValueError) as err:  # PIL raises SyntaxError for some bad headers
+            raise InputError(f"cannot decode image {p}: {err}; remove or replace the file") from None
     channels = 1 if modes <= {"L", "1", "I", "I;16", "F"} else 3
     if size is None:
         if len(sizes) != 1:

@@ -127,7 +127,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise CheckpointError(
-            f"{path}: cannot be read as a checkpoint (truncated, corrupt, or unsafe to unpickle): {err}"
+            f"{path}: cannot be read as a checkpoint (truncated, corrupt, or unsafe to unpickle): "
+            f"{_first_line(err)}"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a collapselab checkpoint (no '{FORMAT}' marker)")
@@ -140,6 +141,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or not _intact(state, payload):
         raise CheckpointError(f"{path}: integrity check failed (SHA-256 mismatch): the file is corrupt")
     return state
+
+
+def _first_line(err: BaseException) -> str:
+    """The error's first line, without torch's advice to retry with ``weights_only=False``:
+    for a file of unknown origin that advice would run arbitrary code."""
+    text = str(err).strip()
+    if "weights_only" in text or "Weights only load failed" in text:
+        return "it holds objects other than tensors, numbers and containers, which are never unpickled"
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _intact(state: dict[str, Any], payload: Mapping[str, Any]) -> bool:
