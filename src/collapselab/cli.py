@@ -22,6 +22,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "collapselab.commands.eval",
     "collapselab.commands.theory",
     "collapselab.commands.verify",
+    "collapselab.commands.report",
+    "collapselab.commands.compare",
     "collapselab.commands.sweep",
 )
 

@@ -134,7 +134,9 @@ class MonitorConfig:
     ``every``: steps between checks (0 = once per epoch, at its end). ``probe_size``: probe images.
     ``policy``: ``warn`` (log alarms) or ``stop`` (end the run at the first ``collapsed`` alarm).
     ``warmup_epochs``: alarms are held back during this early phase (transient dips, see
-    docs/diagnostics.md). ``embeddings``: which named tensors to watch."""
+    docs/diagnostics.md). ``embeddings``: which named tensors to watch. ``views``: also embed one
+    augmented view of the probe (the run's augmentation) at each check, for ``alignment`` (Wang &
+    Isola 2020, Eq. 4) between each probe image and its view; no verdict uses it."""
 
     enabled: bool = True
     every: int = 0
@@ -142,6 +144,7 @@ class MonitorConfig:
     policy: str = "warn"
     warmup_epochs: float = 1.0
     embeddings: list[str] = field(default_factory=lambda: ["repr", "emb"])
+    views: bool = True
 
 
 @dataclass

@@ -94,6 +94,9 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a run's files are as readable as any other
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
             handle.flush()
@@ -324,11 +327,13 @@ class RunFolder:
     def rows(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.history() if r.get("kind") == kind]
 
-    def checks(self) -> dict[str, dict[str, list[Any]]]:
+    def checks(self, history: Sequence[Mapping[str, Any]] | None = None) -> dict[str, dict[str, list[Any]]]:
         """The monitor's checks per embedding: {embedding: {"step": [...], metric: [...],
-        "verdict/<mode>": [...]}}, read from the "check" rows of ``metrics.jsonl``."""
+        "verdict/<mode>": [...]}}, read from the "check" rows of ``metrics.jsonl`` (or of
+        ``history``, rows already read)."""
         out: dict[str, dict[str, list[Any]]] = {}
-        for row in self.rows("check"):
+        rows = self.rows("check") if history is None else [r for r in history if r.get("kind") == "check"]
+        for row in rows:
             names = {key.split("/", 1)[0] for key in row if "/" in key}
             for name in names:
                 series = out.setdefault(name, {"step": []})

@@ -141,15 +141,36 @@ def test_ema_update_is_the_convex_combination_with_the_byol_cosine_schedule() ->
 
 
 def test_byol_after_step_moves_the_target_and_reports_the_momentum() -> None:
+    """ξ ← τ·ξ + (1 − τ)·θ for every parameter, buffers copied, with τ the value reported for
+    the step and equal to BYOL's schedule τ_k = 1 − (1 − τ_base)(cos(πk/K) + 1)/2."""
     method = make("byol")
-    with torch.no_grad():
-        for p in method.backbone.parameters():
-            p.add_(0.5)
-    scalars = method.after_step(0, 100)
-    assert scalars["ema_momentum"] == pytest.approx(0.99)
-    online = dict(method.backbone.named_parameters())
-    for name, p in method.target.net[0].named_parameters():
-        assert not torch.equal(p, online[name])
+    online = torch.nn.Sequential(method.backbone, method.projector)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # move the online network away from its copy: θ ≠ ξ everywhere
+        for p in online.parameters():
+            p.add_(torch.randn(p.shape, generator=g))
+        for b in online.buffers():
+            if b.is_floating_point():
+                b.add_(torch.rand(b.shape, generator=g) + 0.5)
+    target_before = {n: p.detach().clone() for n, p in method.target.net.named_parameters()}
+    online_now = {n: p.detach().clone() for n, p in online.named_parameters()}
+    assert set(target_before) == set(online_now)
+    assert all(not torch.allclose(target_before[n], online_now[n]) for n in online_now)
+    step, total = 30, 100
+    scalars = method.after_step(step, total)
+    tau = scalars["ema_momentum"]
+    expected_tau = 1 - (1 - 0.99) * (math.cos(math.pi * step / total) + 1) / 2
+    assert tau == pytest.approx(expected_tau, rel=0, abs=1e-12)
+    assert 0.99 < tau < 1.0  # k = 30 of 100: strictly between the base and the final momentum
+    for name, p in method.target.net.named_parameters():
+        expected = tau * target_before[name] + (1 - tau) * online_now[name]
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-6, msg=name)
+        assert not p.requires_grad
+    for (name, b), (_, ob) in zip(method.target.net.named_buffers(), online.named_buffers(), strict=True):
+        assert torch.equal(b, ob), f"buffer {name} is copied, not averaged"
+    # the online network itself is untouched by the update
+    for name, p in online.named_parameters():
+        assert torch.equal(p.detach(), online_now[name]), name
 
 
 def test_moco_loss_is_info_nce_against_the_queue_and_enqueues_the_keys() -> None:

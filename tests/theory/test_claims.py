@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from collapselab._validation import InputError
@@ -29,28 +31,77 @@ ISSUE_CLAIMS = [
     "batchnorm-jacobian-inverse-spread",
     "rademacher-quasi-orthogonality",
 ]
+# claims on the diagnostics themselves (issue 18), registered after the theory issue's eleven
+DIAGNOSTIC_CLAIMS = ["uniformity-zero-at-collapse"]
+THEORY_CLAIMS = ISSUE_CLAIMS + DIAGNOSTIC_CLAIMS
 
 
-def test_ledger_holds_the_eleven_claims_of_the_issue_in_order():
+def test_ledger_holds_the_claims_of_the_issues_in_order():
     ids = [c.id for c in all_claims()]
-    assert ids[: len(ISSUE_CLAIMS)] == ISSUE_CLAIMS
+    assert ids[: len(THEORY_CLAIMS)] == THEORY_CLAIMS
     for c in all_claims():
         assert c.source and c.statement and c.counterfactual
 
 
-@pytest.mark.parametrize("claim_id", ISSUE_CLAIMS)
-def test_claim_passes_with_its_published_prediction(claim_id):
-    result = get_claim(claim_id).run()
+@pytest.fixture(scope="module")
+def runs():
+    """Each theory claim run once as published and once with its counterfactual."""
+    return {i: (get_claim(i).run(), get_claim(i).run(counterfactual=True)) for i in THEORY_CLAIMS}
+
+
+@pytest.mark.parametrize("claim_id", THEORY_CLAIMS)
+def test_claim_passes_with_its_published_prediction(claim_id, runs):
+    result = runs[claim_id][0]
     assert result.error is None, result.error
     assert result.passed, format_table([result])
 
 
-@pytest.mark.parametrize("claim_id", ISSUE_CLAIMS)
-def test_claim_fails_with_a_deliberately_wrong_prediction(claim_id):
-    result = get_claim(claim_id).run(counterfactual=True)
+@pytest.mark.parametrize("claim_id", THEORY_CLAIMS)
+def test_claim_fails_with_a_deliberately_wrong_prediction(claim_id, runs):
+    result = runs[claim_id][1]
     assert result.error is None, result.error
     assert not result.passed
     assert any(not c.passed for c in result.comparisons)
+
+
+@pytest.mark.parametrize("claim_id", THEORY_CLAIMS)
+def test_counterfactual_reruns_the_same_check(claim_id, runs):
+    """The counterfactual perturbs the prediction or the model, never the check: the same rows,
+    with the same relations and tolerances, so it cannot fail merely by negating a relation."""
+    real, wrong = runs[claim_id]
+    shape = [(c.name, c.relation, c.tolerance, c.relative) for c in real.comparisons]
+    assert shape == [(c.name, c.relation, c.tolerance, c.relative) for c in wrong.comparisons]
+
+
+# the rows (regular expressions on the row name) each counterfactual must break: for a perturbed
+# model, the rows measuring the mechanism; for a perturbed prediction, the rows it predicts
+MUST_FAIL = {
+    "direct-minimisation-collapses": ["^with predictor: max", "^without predictor: max", "< 0$"],
+    "stopgrad-ema-stable-equilibria": ["smallest singular value", "‖∇J‖ of the original objective"],
+    "no-predictor-collapse-stable": [
+        r"stopgrad: max Re λ\(J\) at W = 0$",
+        r"ema: max Re λ\(J\) at W = 0$",
+    ],
+    "stable-rank-scale-invariant": [r"srank\(1000·Z\)", r"srank\(0\.001·Z\)", r"λ = \(1, 1e-06"],
+    "nt-xent-collapse-and-simplex": [
+        "nt_xent at collapse",
+        "SimCLR.collapse_loss",
+        "SimCLR forward",
+    ],
+    "batchnorm-jacobian-inverse-spread": ["at σ = 0.03", "log-log slope"],
+    "rademacher-quasi-orthogonality": [r"E\[cos²\]"],
+    "uniformity-zero-at-collapse": ["uniformity at collapse", "near collapse", "at the simplex"],
+}
+
+
+@pytest.mark.parametrize("claim_id", sorted(MUST_FAIL))
+def test_counterfactual_breaks_the_rows_it_targets(claim_id, runs):
+    real, wrong = runs[claim_id]
+    for fragment in MUST_FAIL[claim_id]:
+        targeted = [c for c in wrong.comparisons if re.search(fragment, c.name)]
+        assert targeted, fragment
+        assert not any(c.passed for c in targeted), format_table([wrong])
+        assert all(c.passed for c in real.comparisons if re.search(fragment, c.name))
 
 
 @pytest.mark.parametrize(

@@ -463,6 +463,25 @@ class Trainer:
             named["codes"] = out["codes"].float()
         return named
 
+    @torch.no_grad()
+    def probe_views(self) -> dict[str, torch.Tensor]:
+        """The watched embeddings of one augmented view of the probe images (the run's own
+        augmentation, drawn from a generator seeded by the seed and the step, so a resumed run
+        draws the same views): the monitor's ``alignment`` pairs each probe image with its view."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(self.config.train.seed * 1_000_003 + self.global_step)
+        view = self.augment(self.probe_images, generator)[0]
+        if self.channels_last and view.ndim == 4:
+            view = view.contiguous(memory_format=torch.channels_last)
+        was_training = self.method.training
+        self.method.eval()
+        try:
+            with self._eager():
+                out = self.method.embed(view)
+        finally:
+            self.method.train(was_training)
+        return {k: out[k].float() for k in self.config.monitor.embeddings if k in out}
+
     def check_collapse(self) -> list[Alarm]:
         if not self.config.monitor.enabled:
             return []
@@ -475,7 +494,8 @@ class Trainer:
         every = self.config.monitor.every
         recent = self.epoch_losses[-every:] if every else self.epoch_losses
         loss = sum(recent) / len(recent) if recent else None  # the training loss since the last check
-        alarms = self.monitor.update(self.global_step, probe, codes=codes, loss=loss)
+        views = self.probe_views() if self.config.monitor.views else None
+        alarms = self.monitor.update(self.global_step, probe, codes=codes, loss=loss, views=views)
         self._record_check(probe, loss)
         for alarm in alarms:
             hint = f"\n    hint: {'; '.join(self.hints)}" if self.hints else ""

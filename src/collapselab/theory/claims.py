@@ -4,9 +4,10 @@ A :class:`Claim` has an id, a source, a statement and a check. The check compute
 values (from the theory's formula) and *measured* values (from an independent computation:
 integration, sampling, autograd, a library function) and returns them as :class:`Comparison`
 rows with a tolerance; the claim passes when every row does. Every check also takes
-``counterfactual=True``, which swaps in a plausible *wrong* prediction (documented in
-``Claim.counterfactual``) — the test suite asserts that this makes the claim fail, so no check is
-vacuous.
+``counterfactual=True``, which perturbs the prediction (a wrong exponent, factor or threshold) or
+the model (a mechanism removed) and re-runs the *same* rows — same names, relations and
+tolerances, never a negated relation (documented in ``Claim.counterfactual``). The test suite
+asserts that this makes the claim fail, so no check is vacuous.
 
 Add a claim (e.g. a training-level one in a later module) with the decorator::
 
@@ -453,7 +454,8 @@ def _check_fixed_points(counterfactual: bool) -> list[Comparison]:
     source="Ponce, Terver & Hebert 2025 ('Dual perspectives on non-contrastive SSL', arXiv 2507.01028)",
     statement="In the linear case, minimising J directly (no stop-gradient, no EMA) collapses: W → 0 "
     "from every initialisation, with or without predictor.",
-    counterfactual="direct minimisation keeps the representation: ‖W(T)‖²/‖W(0)‖² ≈ 1",
+    counterfactual="the same runs with the augmentation noise removed (X′ = 0, σ² = 0: the two "
+    "views agree, nothing pulls W to 0); the check ‖W(T)‖²/‖W(0)‖² < 1e-6 must then fail",
 )
 def _check_direct_collapse(counterfactual: bool) -> list[Comparison]:
     from collapselab.theory.eigenmodes import vector_field
@@ -462,6 +464,8 @@ def _check_direct_collapse(counterfactual: bool) -> list[Comparison]:
     gen = _gen(4)
     n, d, batch = 4, 3, 8
     X, Xp = _random_spd(n, gen), 0.5 * _random_spd(n, gen)
+    if counterfactual:  # remove the mechanism: without augmentation noise J has no pull to W = 0
+        Xp = torch.zeros_like(Xp)
     rows = []
     for predictor in (True, False):
         model = LinearSSL(X, Xp, target="direct", predictor=predictor, batch=batch)
@@ -481,28 +485,23 @@ def _check_direct_collapse(counterfactual: bool) -> list[Comparison]:
             (states[-1].W.flatten(1).norm(dim=1) ** 2 / W0.flatten(1).norm(dim=1) ** 2).max()
         )
         label = "with" if predictor else "without"
-        if counterfactual:
-            rows.append(
-                Comparison(f"{label} predictor: max ‖W(T)‖²/‖W(0)‖² over 8 inits", 1.0, ratio, 0.5)
+        rows.append(
+            Comparison(
+                f"{label} predictor: max ‖W(T)‖²/‖W(0)‖² over 8 inits", 1e-6, ratio, relation="<"
             )
-        else:
-            rows.append(
-                Comparison(
-                    f"{label} predictor: max ‖W(T)‖²/‖W(0)‖² over 8 inits",
-                    1e-6,
-                    ratio,
-                    relation="<",
-                )
-            )
-    sigma2, eta = 0.3, 0.0
+        )
+    sigma2, eta = (0.0 if counterfactual else 0.3), 0.0
     ps = torch.linspace(-3, 3, 60001, dtype=torch.float64)
     _, ds, _ = vector_field(ps, torch.ones_like(ps), 1.0, eta=eta, sigma2=sigma2, target="direct")
     k = 1 + sigma2
-    bound = 0.0 if counterfactual else -(k - 1 / k) - eta
+    bound = -(k - 1 / k) - eta
     rows.append(
         Comparison(
             "eigenmodes: max_p ṡ/(2s) = −((1+σ²) − 1/(1+σ²)) − η", bound, float(ds.max() / 2), 1e-8
         )
+    )
+    rows.append(  # every mode decays: the largest growth rate is negative
+        Comparison("eigenmodes: max_p ṡ/(2s) < 0", 0.0, float(ds.max() / 2), relation="<")
     )
     return rows
 
@@ -521,7 +520,8 @@ def _quotient_max_real(jac: torch.Tensor, tangent: torch.Tensor) -> float:
     statement="Stop-gradient and EMA (with predictor) converge to non-trivial equilibria whose Jacobian "
     "eigenvalues all have negative real part (modulo the rotation symmetry W → RW, "
     "W_p → RW_pRᵀ); these points are not critical points of J.",
-    counterfactual="the limit is unstable (some Jacobian eigenvalue with positive real part)",
+    counterfactual="the same runs with the stop-gradient / EMA removed (gradients through the target, "
+    "target='direct'): the limit is then W = 0, so the non-trivial-limit rows must fail",
 )
 def _check_stable_equilibria(counterfactual: bool) -> list[Comparison]:
     from collapselab.theory.linear import (
@@ -539,7 +539,8 @@ def _check_stable_equilibria(counterfactual: bool) -> list[Comparison]:
     Xp = 0.2 * torch.eye(n, dtype=torch.float64)
     rows = []
     for target in ("stopgrad", "ema"):
-        model = LinearSSL(X, Xp, target=target, weight_decay=0.02, alpha_p=1.0, beta=0.5)
+        run_as = "direct" if counterfactual else target  # counterfactual: mechanism removed
+        model = LinearSSL(X, Xp, target=run_as, weight_decay=0.02, alpha_p=1.0, beta=0.5)
         W0 = torch.randn(1, d, n, generator=gen, dtype=torch.float64)
         Wp0 = 0.8 * torch.eye(d, dtype=torch.float64) + 0.05 * torch.randn(
             1, d, d, generator=gen, dtype=torch.float64
@@ -563,10 +564,7 @@ def _check_stable_equilibria(counterfactual: bool) -> list[Comparison]:
                 f"{target}: smallest singular value of W (non-trivial)", 0.1, sv_min, relation=">"
             ),
             Comparison(
-                f"{target}: max Re λ(J) off the symmetry orbit",
-                0.0,
-                max_real,
-                relation=">" if counterfactual else "<",
+                f"{target}: max Re λ(J) off the symmetry orbit", 0.0, max_real, relation="<"
             ),
             Comparison(
                 f"{target}: ‖∇J‖ of the original objective there (not a critical point)",
@@ -584,7 +582,8 @@ def _check_stable_equilibria(counterfactual: bool) -> list[Comparison]:
     "Sec. 3; Chen & He 2021 Sec. 4.2 (empirical)",
     statement="Without a predictor, stop-gradient (and EMA) do not rescue the collapsed point: the "
     "gradient vanishes at W = 0 and every Jacobian eigenvalue there is negative.",
-    counterfactual="stop-gradient makes collapse unstable (max Re λ > 0)",
+    counterfactual="the prediction without weight decay: max Re λ(J) = −λ_min(X′) for stop-gradient "
+    "and the EMA blocks [[−(x + x′), x], [β, −β]] (η dropped)",
 )
 def _check_no_predictor(counterfactual: bool) -> list[Comparison]:
     from collapselab.theory.linear import LinearSSL, LinearState, flatten_state, state_jacobian
@@ -600,30 +599,22 @@ def _check_no_predictor(counterfactual: bool) -> list[Comparison]:
         zero = model.check_state(LinearState(torch.zeros(1, d, 4, dtype=torch.float64)))
         speed = float(flatten_state(model.vector_field(zero)).norm())
         measured = float(torch.linalg.eigvals(state_jacobian(model, zero)).real.max())
+        decay = 0.0 if counterfactual else eta  # the counterfactual forgets the weight decay
         if target == "stopgrad":  # Ẇ = −W(X′ + ηI)
-            predicted = -float((xp + eta).min())
+            predicted = -float((xp + decay).min())
         else:  # per eigen-direction [[−(x + x′ + η), x], [β, −β]]
             blocks = torch.stack(
                 [
-                    torch.stack([-(x + xp + eta), x]),
+                    torch.stack([-(x + xp + decay), x]),
                     torch.stack([torch.full_like(x, beta), torch.full_like(x, -beta)]),
                 ]
             ).permute(2, 0, 1)
             predicted = float(torch.linalg.eigvals(blocks).real.max())
-        rows.append(Comparison(f"{target}: ‖Ẇ‖ at W = 0", 0.0, speed, 1e-15))
-        if counterfactual:
-            rows.append(
-                Comparison(
-                    f"{target}: max Re λ(J) at W = 0 is positive", 0.0, measured, relation=">"
-                )
-            )
-        else:
-            rows.append(Comparison(f"{target}: max Re λ(J) at W = 0", predicted, measured, 1e-10))
-            rows.append(
-                Comparison(
-                    f"{target}: max Re λ(J) at W = 0 is negative", 0.0, measured, relation="<"
-                )
-            )
+        rows += [
+            Comparison(f"{target}: ‖Ẇ‖ at W = 0", 0.0, speed, 1e-15),
+            Comparison(f"{target}: max Re λ(J) at W = 0", predicted, measured, 1e-10),
+            Comparison(f"{target}: max Re λ(J) at W = 0 is negative", 0.0, measured, relation="<"),
+        ]
     return rows
 
 
@@ -698,14 +689,18 @@ def _check_optimal_predictor(counterfactual: bool) -> list[Comparison]:
 
 @claim(
     "stable-rank-scale-invariant",
-    source="collapselab (docs/diagnostics.md, 'Spectral'; srank is the participation ratio of Gao et "
-    "al. 2017, bioRxiv, 'A theory of multineuronal dimensionality, dynamics and measurement')",
-    statement="srank(Σ) = (tr Σ)²/‖Σ‖_F² is invariant to scaling the embedding and tends to 1 as one "
+    source="collapselab (docs/diagnostics.md, 'Spectral'): srank = (tr Σ)²/‖Σ‖_F² is the participation "
+    "ratio of Gao et al. 2017 (bioRxiv, 'A theory of multineuronal dimensionality, dynamics and "
+    "measurement'); the matrix-analysis stable rank ‖Z‖_F²/‖Z‖₂² is Rudelson & Vershynin 2007 "
+    "(J. ACM 54(4), 'Sampling from large matrices')",
+    statement="Both stable ranks of the library (stable_rank = (tr Σ)²/‖Σ‖_F², spectral_stable_rank = "
+    "Σλ/λ₁) are invariant to scaling the embedding (srank(c·Z) = srank(Z)) and tend to 1 as one "
     "eigenvalue dominates.",
-    counterfactual="a one-dominant spectrum keeps srank = D (the number of non-zero eigenvalues)",
+    counterfactual="the rank scales like the variance, srank(c·Z) = c²·srank(Z), and a dominant "
+    "eigenvalue leaves it at D (the number of non-zero eigenvalues)",
 )
 def _check_stable_rank(counterfactual: bool) -> list[Comparison]:
-    from collapselab.diagnostics import stable_rank
+    from collapselab.diagnostics import spectral_stable_rank, stable_rank
 
     gen = _gen(8)
     num, dim = 4000, 8
@@ -719,31 +714,61 @@ def _check_stable_rank(counterfactual: bool) -> list[Comparison]:
 
     lam = torch.tensor([4.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.1], dtype=torch.float64)
     z = with_covariance(lam)
-    predicted = float(lam.sum() ** 2 / (lam**2).sum())
-    rows = [
-        Comparison("srank(Z) vs (Σλ)²/Σλ²", predicted, float(stable_rank(z)), 1e-9, relative=True),
-        Comparison("srank(1e3·Z)", predicted, float(stable_rank(1e3 * z)), 1e-9, relative=True),
-        Comparison("srank(1e-3·Z)", predicted, float(stable_rank(1e-3 * z)), 1e-9, relative=True),
-    ]
-    for eps in (1e-2, 1e-4, 1e-6):
-        lam_dom = torch.tensor([1.0] + [eps] * (dim - 1), dtype=torch.float64)
-        pred = float(dim) if counterfactual else float(lam_dom.sum() ** 2 / (lam_dom**2).sum())
+    formulas = {
+        "srank": lambda lam: float(lam.sum() ** 2 / (lam**2).sum()),
+        "spectral srank": lambda lam: float(lam.sum() / lam.max()),
+    }
+    functions = {"srank": stable_rank, "spectral srank": spectral_stable_rank}
+    rows = []
+    for name, fn in functions.items():
+        base = float(fn(z))
         rows.append(
-            Comparison(
-                f"srank with λ = (1, {eps:g}, …)",
-                pred,
-                float(stable_rank(with_covariance(lam_dom))),
-                1e-6,
-                relative=True,
-            )
+            Comparison(f"{name}(Z) vs its formula", formulas[name](lam), base, 1e-9, relative=True)
         )
+        for c in (1e3, 1e-3, -2.0):  # scale invariance: measured at c·Z against Z itself
+            pred = c * c * base if counterfactual else base
+            rows.append(
+                Comparison(
+                    f"{name}({c:g}·Z) vs {name}(Z)", pred, float(fn(c * z)), 1e-9, relative=True
+                )
+            )
+        for eps in (1e-2, 1e-4, 1e-6):  # one eigenvalue dominates: → 1
+            lam_dom = torch.tensor([1.0] + [eps] * (dim - 1), dtype=torch.float64)
+            # the distance to 1 shrinks with ε (srank ≈ 1 + 14ε, Σλ/λ₁ = 1 + 7ε): allow twice it
+            tolerance = 2 * (formulas[name](lam_dom) - 1.0)
+            pred = float(dim) if counterfactual else 1.0
+            rows.append(
+                Comparison(
+                    f"{name} with λ = (1, {eps:g}, …) → 1",
+                    pred,
+                    float(fn(with_covariance(lam_dom))),
+                    tolerance,
+                )
+            )
     return rows
 
 
-def _nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-    from collapselab.losses import nt_xent
+class _ConstantBackbone(torch.nn.Module):
+    """Every image → the same feature vector: a completely collapsed backbone."""
 
-    return nt_xent(z1, z2, temperature=temperature)
+    def __init__(self, feature: torch.Tensor) -> None:
+        super().__init__()
+        self.out_dim = feature.numel()
+        self.feature = torch.nn.Parameter(feature.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature.expand(x.shape[0], -1)
+
+
+class _single_thread:
+    """Run tiny tensor loops on one thread (two threads only add contention on a shared CPU)."""
+
+    def __enter__(self) -> None:
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.threads)
 
 
 @claim(
@@ -751,25 +776,51 @@ def _nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Te
     source="Chen et al. 2020 (SimCLR, arXiv 2002.05709) for NT-Xent; collapse value and simplex ETF: "
     "collapselab (docs/diagnostics.md, 'Losses at their collapse value'; docs/theory.md §3), cf. "
     "Jing et al. 2022 (ICLR, arXiv 2110.09348) on dimensional collapse of contrastive losses",
-    statement="NT-Xent at complete collapse equals log(2N − 1) for any temperature; a simplex ETF of N "
-    "points minimises the negative-pair term and spans only N − 1 dimensions.",
-    counterfactual="collapse gives log(2N) and the ETF spans N dimensions",
+    statement="NT-Xent at complete collapse equals log(2N − 1) for any temperature (the library's loss, "
+    "SimCLR's stated collapse_loss and SimCLR's forward pass on a collapsed backbone); a simplex ETF of "
+    "N points minimises the negative-pair term and spans only N − 1 dimensions.",
+    counterfactual="collapse gives log(2N) (the anchor's own similarity left in the denominator) and "
+    "the ETF spans N dimensions",
 )
 def _check_nt_xent(counterfactual: bool) -> list[Comparison]:
+    from collapselab.losses import nt_xent
+    from collapselab.methods import SimCLR, SimCLRConfig, build_method
+
     gen = _gen(9)
     num, dim = 16, 32
+    pred = math.log(2 * num) if counterfactual else math.log(2 * num - 1)
     rows = []
     for temperature in (0.1, 0.5):
         z = torch.randn(1, dim, generator=gen, dtype=torch.float64).repeat(num, 1)
-        pred = math.log(2 * num) if counterfactual else math.log(2 * num - 1)
         rows.append(
             Comparison(
-                f"NT-Xent at collapse (N={num}, τ={temperature})",
+                f"collapselab.losses.nt_xent at collapse (N={num}, τ={temperature})",
                 pred,
-                float(_nt_xent(z, z, temperature)),
+                float(nt_xent(z, z, temperature=temperature)),
                 1e-9,
             )
         )
+        config = SimCLRConfig(temperature=temperature, projector="small", projector_out_dim=8)
+        backbone = _ConstantBackbone(torch.randn(12, generator=gen, dtype=torch.float64))
+        method = build_method(config, backbone).double()
+        assert isinstance(method, SimCLR)
+        views = [torch.randn(num, 1, 4, 4, generator=gen, dtype=torch.float64) for _ in range(2)]
+        with torch.no_grad():
+            loss = float(method(views).loss)
+        rows += [
+            Comparison(
+                f"SimCLR.collapse_loss({num}), τ={temperature}",
+                pred,
+                method.collapse_loss(num),
+                1e-12,
+            ),
+            Comparison(
+                f"SimCLR forward on a collapsed backbone (N={num}, τ={temperature})",
+                pred,
+                loss,
+                1e-9,
+            ),
+        ]
     n_pts, tau = 8, 0.5
     etf = torch.eye(n_pts, dtype=torch.float64) - 1.0 / n_pts
     etf = etf / etf.norm(dim=1, keepdim=True)
@@ -784,16 +835,17 @@ def _check_nt_xent(counterfactual: bool) -> list[Comparison]:
 
     bound = math.log(n_pts - 1) - 1.0 / ((n_pts - 1) * tau)  # Jensen + ‖Σz_i‖² ≥ 0
     best = math.inf
-    for _ in range(4):  # projected gradient descent from random starts never beats the ETF
-        x = torch.randn(n_pts, dim, generator=gen, dtype=torch.float64).requires_grad_(True)
-        opt = torch.optim.Adam([x], lr=0.05)
-        for _ in range(400):
-            opt.zero_grad()
-            loss = negative_term(x / x.norm(dim=1, keepdim=True))
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            best = min(best, float(negative_term(x / x.norm(dim=1, keepdim=True))))
+    with _single_thread():
+        for _ in range(4):  # projected gradient descent from random starts never beats the ETF
+            x = torch.randn(n_pts, dim, generator=gen, dtype=torch.float64).requires_grad_(True)
+            opt = torch.optim.Adam([x], lr=0.05)
+            for _ in range(400):
+                opt.zero_grad()
+                loss = negative_term(x / x.norm(dim=1, keepdim=True))
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                best = min(best, float(negative_term(x / x.norm(dim=1, keepdim=True))))
     rank = int((torch.linalg.svdvals(etf) > 1e-10).sum())
     rows += [
         Comparison(
@@ -822,69 +874,181 @@ def _check_nt_xent(counterfactual: bool) -> list[Comparison]:
     "batchnorm-jacobian-inverse-spread",
     source="collapselab (docs/theory.md §3, 'BatchNorm as an implicit restoring force'); Ioffe & "
     "Szegedy 2015 (BatchNorm, ICML, Sec. 3); cf. Richemond et al. 2020 (arXiv 2010.10241)",
-    statement="For a batch-normalised feature with spread σ, the Jacobian ∂ẑ/∂z has spectral norm "
-    "γ/√(σ² + ε): it grows as 1/σ as the dimension collapses.",
-    counterfactual="the Jacobian grows as 1/σ² (log-log slope −2)",
+    statement="For a batch-normalised feature with spread σ, the Jacobian ∂ẑ/∂z of the library's "
+    "projector BatchNorm layers has spectral norm γ/√(σ² + ε): it grows as 1/σ as the dimension "
+    "collapses (until σ² reaches ε).",
+    counterfactual="the Jacobian grows as 1/σ²: γ/(σ² + ε) (log-log slope −2)",
 )
 def _check_batchnorm(counterfactual: bool) -> list[Comparison]:
-    import torch.nn.functional as F
+    from collapselab.models import mlp_head_preset
 
     gen = _gen(10)
-    num, gamma, eps = 64, 1.5, 1e-12
+    num, width, gamma = 64, 6, 1.5
+    # SimSiam's projector: BN (affine) after each hidden Linear, BN without affine on the output
+    head = mlp_head_preset(
+        "simsiam_projector", 4, size="small", hidden_dim=width, out_dim=width
+    ).double()
+    layers = [m for m in head.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if len(layers) != 3:
+        raise RuntimeError(
+            f"expected 3 BatchNorm layers in the SimSiam projector, got {len(layers)}"
+        )
+    with torch.no_grad():  # a learnt scale on the hidden layers (the output BN has none)
+        for layer in layers:
+            if layer.weight is not None:
+                layer.weight.fill_(gamma)
+    head.train()  # batch statistics, as in training
     base = torch.randn(num, generator=gen, dtype=torch.float64)
     base = (base - base.mean()) / base.std(unbiased=False)
-    weight = torch.tensor([gamma], dtype=torch.float64)
-
-    def bn(z: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(
-            z.unsqueeze(1), None, None, weight=weight, training=True, eps=eps
-        ).squeeze(1)
-
-    sigmas = [1.0, 1e-1, 1e-2, 1e-3]
-    norms = []
+    others = torch.randn(num, width - 1, generator=gen, dtype=torch.float64)
+    sigmas = [1.0, 0.3, 0.1, 0.03]  # σ² ≫ ε = 1e-5: the 1/σ regime
     rows = []
-    for sigma in sigmas:
-        z = 3.0 + sigma * base
-        jac = torch.autograd.functional.jacobian(bn, z)
-        norm = float(torch.linalg.matrix_norm(jac, ord=2))
-        norms.append(norm)
-        pred = gamma / sigma ** (2 if counterfactual else 1)
-        rows.append(Comparison(f"‖∂ẑ/∂z‖₂ at σ = {sigma:g}", pred, norm, 1e-6, relative=True))
-    slope = (math.log(norms[-1]) - math.log(norms[0])) / (
-        math.log(sigmas[-1]) - math.log(sigmas[0])
-    )
-    rows.append(
-        Comparison("log-log slope of ‖J‖ against σ", -2.0 if counterfactual else -1.0, slope, 1e-6)
-    )
+    for index, layer in enumerate(layers):
+        g = 1.0 if layer.weight is None else float(layer.weight.detach()[0])
+        eps = float(layer.eps)
+
+        def feature0(z0: torch.Tensor, layer=layer) -> torch.Tensor:
+            return layer(torch.cat([z0.unsqueeze(1), others], dim=1))[:, 0]
+
+        norms, preds = [], []
+        for sigma in sigmas:
+            jac = torch.autograd.functional.jacobian(feature0, 3.0 + sigma * base)
+            norms.append(float(torch.linalg.matrix_norm(jac, ord=2)))
+            var = sigma * sigma
+            preds.append(g / (var + eps) if counterfactual else g / math.sqrt(var + eps))
+            rows.append(
+                Comparison(
+                    f"BN layer {index} (γ = {g:g}, ε = {eps:g}): ‖∂ẑ/∂z‖₂ at σ = {sigma:g}",
+                    preds[-1],
+                    norms[-1],
+                    1e-6,
+                    relative=True,
+                )
+            )
+
+        def slope(values: list[float]) -> float:
+            return (math.log(values[-1]) - math.log(values[0])) / (
+                math.log(sigmas[-1]) - math.log(sigmas[0])
+            )
+
+        rows.append(
+            Comparison(
+                f"BN layer {index}: log-log slope of ‖J‖ against σ",
+                slope(preds),
+                slope(norms),
+                1e-4,
+            )
+        )
     return rows
 
 
 @claim(
     "rademacher-quasi-orthogonality",
     source="Sansone, Lebailly & Tuytelaars 2025 (FALCON/CPLearn, ICML 2025, arXiv 2410.04959)",
-    statement="Independent random Rademacher codewords in f dimensions have cosine similarity with "
-    "mean 0 and variance exactly 1/f (quasi-orthogonal for large f).",
+    statement="The ±1 code words of the library's FALCON dictionary (drawn from its dictionary_seed) "
+    "have cosine similarity with mean 0 and variance exactly 1/f (quasi-orthogonal for large f).",
     counterfactual="the cosine variance is 2/f",
 )
 def _check_rademacher(counterfactual: bool) -> list[Comparison]:
-    gen = _gen(11)
+    from collapselab.methods import FALCON, FALCONConfig, build_method
+
     rows = []
     codes = 512
-    for f in (64, 256, 1024):
-        words = (
-            torch.randint(0, 2, (f, codes), generator=gen, dtype=torch.int64).to(torch.float64) * 2
-            - 1
-        )
-        cos = (words.T @ words / f)[torch.triu_indices(codes, codes, offset=1).unbind()]
+    for seed, f in enumerate((64, 256, 1024)):
+        config = FALCONConfig(projector_out_dim=f, n_codes=codes, dictionary_seed=seed)
+        method = build_method(config, _ConstantBackbone(torch.zeros(4, dtype=torch.float64)))
+        assert isinstance(method, FALCON)
+        dictionary = method.dictionary
+        words = dictionary.dense(torch.float64)  # (f, c)
+        signs = float(((words == 1) | (words == -1)).double().mean())
+        with torch.no_grad():  # WᵀW through the dictionary's own packed-bit product
+            gram = dictionary(words.T.contiguous()) / f
+        cos = gram[torch.triu_indices(codes, codes, offset=1).unbind()]
         pairs = cos.numel()
         # cosines of distinct pairs are pairwise independent: SE of the mean of cos² is
         # √(Var(cos²)/M) with Var(cos²) = E cos⁴ − (E cos²)² = (2f − 2)/f³.
         se = math.sqrt((2 * f - 2) / f**3 / pairs)
         pred = 2.0 / f if counterfactual else 1.0 / f
-        rows.append(
-            Comparison(f"E[cos²] over {pairs} pairs, f = {f}", pred, float((cos**2).mean()), 5 * se)
-        )
-        rows.append(
-            Comparison(f"E[cos], f = {f}", 0.0, float(cos.mean()), 5 * math.sqrt(1.0 / (f * pairs)))
-        )
+        rows += [
+            Comparison(f"fraction of ±1 entries, f = {f}", 1.0, signs, 0.0),
+            Comparison(
+                f"diagonal of WᵀW/f, f = {f}", 1.0, float(torch.diagonal(gram).mean()), 1e-12
+            ),
+            Comparison(
+                f"E[cos²] over {pairs} pairs, f = {f}", pred, float((cos**2).mean()), 5 * se
+            ),
+            Comparison(
+                f"E[cos], f = {f}", 0.0, float(cos.mean()), 5 * math.sqrt(1.0 / (f * pairs))
+            ),
+        ]
+    return rows
+
+
+@claim(
+    "uniformity-zero-at-collapse",
+    source="Wang & Isola 2020 ('Understanding contrastive representation learning through alignment "
+    "and uniformity on the hypersphere', ICML 2020, Sec. 4.1, L_uniform = log E exp(−t‖ẑ_i − ẑ_j‖²)); "
+    "Eq. 5 there; the bound −2t·N/(N − 1) and its simplex equality are collapselab's (docs/diagnostics.md, "
+    "'Geometric'; Jensen with ‖Σ_i ẑ_i‖² ≥ 0)",
+    statement="Uniformity log E_{i≠j} exp(−t‖ẑ_i − ẑ_j‖²) equals 0 at complete collapse for every t (the "
+    "diagnostic and the training loss), tends to 0 as −t·E‖ẑ_i − ẑ_j‖² near collapse, and reaches "
+    "its lower bound −2t·N/(N − 1) at a regular simplex of N points.",
+    counterfactual="the sign convention read backwards: collapse at the bound −2t·N/(N − 1), the "
+    "simplex at 0, and +t·E‖ẑ_i − ẑ_j‖² near collapse",
+)
+def _check_uniformity(counterfactual: bool) -> list[Comparison]:
+    from collapselab.diagnostics import uniformity
+    from collapselab.losses.geometric import uniformity as uniformity_loss
+
+    gen = _gen(12)
+    num, dim = 12, 16
+    bound = {t: -2.0 * t * num / (num - 1) for t in (0.5, 2.0)}
+    rows = []
+    point = torch.randn(1, dim, generator=gen, dtype=torch.float64)
+    collapsed = point.repeat(num, 1) * torch.rand(num, 1, generator=gen, dtype=torch.float64).add(
+        0.5
+    )
+    simplex = torch.eye(num, dtype=torch.float64) - 1.0 / num  # regular simplex, embedded in R^dim
+    simplex = simplex @ _orthonormal(dim, num, gen).T
+    near = point + 1e-4 * torch.randn(num, dim, generator=gen, dtype=torch.float64)
+    unit = near / near.norm(dim=1, keepdim=True)
+    off = ~torch.eye(num, dtype=torch.bool)
+    mean_sq = float(torch.cdist(unit, unit).square()[off].mean())  # E_{i≠j}‖ẑ_i − ẑ_j‖²
+    for t in (0.5, 2.0):
+        at_collapse = bound[t] if counterfactual else 0.0
+        at_simplex = 0.0 if counterfactual else bound[t]
+        near_pred = (1.0 if counterfactual else -1.0) * t * mean_sq
+        rows += [
+            Comparison(
+                f"diagnostics.uniformity at collapse, t = {t:g}",
+                at_collapse,
+                uniformity(collapsed, t=t),
+                1e-12,
+            ),
+            Comparison(
+                f"losses uniformity at collapse, t = {t:g}",
+                at_collapse,
+                float(uniformity_loss(collapsed, t=t)),
+                1e-12,
+            ),
+            Comparison(
+                f"diagnostics.uniformity near collapse (spread 1e-4), t = {t:g}, vs −t·E‖ẑ_i − ẑ_j‖²",
+                near_pred,
+                uniformity(near, t=t),
+                1e-6,
+                relative=True,
+            ),
+            Comparison(
+                f"diagnostics.uniformity at the simplex, t = {t:g}",
+                at_simplex,
+                uniformity(simplex, t=t),
+                1e-12,
+            ),
+            Comparison(
+                f"losses uniformity at the simplex, t = {t:g}",
+                at_simplex,
+                float(uniformity_loss(simplex, t=t)),
+                1e-12,
+            ),
+        ]
     return rows

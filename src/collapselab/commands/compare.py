@@ -1,0 +1,44 @@
+"""``collapselab compare``: runs side by side, deltas against the first, config keys that differ."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from collapselab._validation import InputError
+from collapselab.cli import EXIT_OK, EXIT_USAGE
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "compare",
+        help="compare runs: final loss, kNN beside baselines, verdicts, ranks, config differences",
+        description=(
+            "Print one column per run (status, steps, final loss, kNN top-1 beside the raw-pixel and "
+            "untrained-backbone baselines, linear/NMI when recorded, worst verdict, final effective "
+            "rank of each embedding, training time) with the difference against the first run, then "
+            "the config keys whose values differ. Exit 0 when done, 2 on bad input."
+        ),
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders; the first is the reference")
+    parser.add_argument("--csv", metavar="FILE", help="also write the comparison as CSV ('-': CSV to stdout, no table)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from collapselab.report import comparison, format_table, to_csv
+
+    try:
+        result = comparison(args.runs)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.csv == "-":
+        to_csv(result, sys.stdout)
+        return EXIT_OK
+    print(format_table(result))
+    if args.csv:
+        to_csv(result, args.csv)
+        print(f"\ncsv written to {args.csv}")
+    return EXIT_OK
