@@ -44,12 +44,16 @@ def chromium() -> str:
     """The Chromium binary; installed with apt-get when absent and we are root, else a skip."""
     path = find_chromium()
     if path is None and shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
-        try:
-            subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, timeout=600,
-                           check=False, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        except subprocess.TimeoutExpired:
-            pass
-        path = find_chromium()
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
+                        ["apt-get", "install", "-y", "-q", "chromium"]):  # update only if the lists are stale
+            try:
+                subprocess.run(command, capture_output=True, timeout=600, check=False, env=env)
+            except subprocess.TimeoutExpired:
+                break
+            path = find_chromium()
+            if path is not None:
+                break
     if path is None:
         pytest.skip("headless Chromium not found (install the 'chromium' package; apt-get needs root)")
     return path
