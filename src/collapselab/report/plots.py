@@ -313,7 +313,8 @@ def alarm_figure(runs: Sequence[RunData]) -> str | None:
         if not lanes:
             return None
         fig, (ax,) = new_figure()
-        fig.set_size_inches(7.0, 0.9 + 0.35 * len(lanes))
+        label_in = 0.075 * max((len(lane) for lane in lanes), default=0)  # long run names need room
+        fig.set_size_inches(7.0 + label_in, 0.9 + 0.35 * len(lanes))
         for y, events in enumerate(lanes.values()):
             for step, level in events:
                 ax.scatter([step], [y], s=60, color=LEVEL_COLOURS.get(level, "#7f7f7f"), zorder=2,
