@@ -21,6 +21,7 @@ import torch
 
 from collapselab import distributed, losses
 from collapselab._validation import InputError
+from collapselab.losses import geometric
 
 pytestmark = pytest.mark.distributed
 
@@ -72,6 +73,18 @@ def make_cases() -> dict[str, Case]:
             lambda a, b, ta, tb: losses.latent_prediction([a, b], [ta, tb]),
             [r(N, 2, 4), r(N, 3, 4), r(N, 2, 4), r(N, 3, 4)],
             [0, 0, 0, 0],
+        ),
+        # the geometric terms of the composite objective (collapselab.losses.geometric)
+        "geometric.mse_alignment": (geometric.mse_alignment, [r(N, 4), r(N, 4)], [0, 0]),
+        "geometric.cosine_alignment": (geometric.cosine_alignment, [r(N, 4), r(N, 4)], [0, 0]),
+        # scale 0.5: every dimension's std is below γ = 1, so the hinge is active (non-zero grad)
+        "geometric.variance_hinge": (geometric.variance_hinge, [r(N, 4, scale=0.5)], [0]),
+        "geometric.covariance_penalty": (geometric.covariance_penalty, [r(N, 4)], [0]),
+        "geometric.uniformity": (geometric.uniformity, [r(N, 4)], [0]),
+        "geometric.uniformity_raw": (
+            lambda z: geometric.uniformity(z, t=0.5, normalize=False),
+            [r(N, 4, scale=0.5)],
+            [0],
         ),
     }
 
@@ -184,6 +197,47 @@ def test_rank_gradient_over_world_size_equals_full_batch_gradient_slice(ranks, n
 
 def test_every_loss_is_covered_by_the_distributed_check():
     assert set(losses.LOSSES) <= set(make_cases())
+
+
+GEOMETRIC = sorted(name for name in make_cases() if name.startswith("geometric."))
+
+
+def test_every_geometric_term_is_covered_with_its_documented_semantics():
+    """The semantics the tests below assume are the ones the functions declare."""
+    assert {f"geometric.{name}" for name in geometric.__all__} <= set(GEOMETRIC)
+    declared = {name: getattr(geometric, name).distributed_semantics for name in geometric.__all__}
+    assert declared == {
+        "mse_alignment": "local",
+        "cosine_alignment": "local",
+        "variance_hinge": "all_reduce",
+        "covariance_penalty": "all_reduce",
+        "uniformity": "gather",
+    }
+
+
+def _semantics(name: str) -> str:
+    return getattr(
+        geometric, name.removeprefix("geometric.").removesuffix("_raw")
+    ).distributed_semantics
+
+
+@pytest.mark.parametrize("name", GEOMETRIC)
+def test_geometric_term_on_each_rank_follows_its_documented_semantics(ranks, name):
+    """``all_reduce``/``gather`` terms: *every* rank holds the full-batch value (not just the mean
+    over ranks, which the gradient test checks), and the gradient is not trivially zero.
+    ``local`` terms (the alignments): each rank's value is the term of its own rows only, which
+    differs from the full-batch value (so a stray gather would show)."""
+    fn, inputs, dims = make_cases()[name]
+    full_loss, full_grads = loss_and_grads(fn, inputs)
+    assert all(bool(g.abs().max() > 1e-3) for g in full_grads), "vacuous: zero gradient"
+    for r in range(WORLD):
+        rank_loss = ranks[r][name][0]
+        if _semantics(name) == "local":
+            local = [rank_slice(x, d, r) for x, d in zip(inputs, dims, strict=True)]
+            torch.testing.assert_close(rank_loss, fn(*local), atol=1e-12, rtol=1e-12)
+            assert not torch.allclose(rank_loss, full_loss, atol=1e-6), "local equals global"
+        else:
+            torch.testing.assert_close(rank_loss, full_loss, atol=1e-12, rtol=1e-10)
 
 
 def test_gather_concatenates_in_rank_order_and_sums_gradients_over_ranks(ranks):

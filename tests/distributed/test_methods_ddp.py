@@ -1,0 +1,258 @@
+"""One optimiser step of VICReg, MoCo, FALCON and Composite under DistributedDataParallel (two gloo
+ranks on CPU) against one process holding the global batch.
+
+Launched like ``test_trainer_ddp.py`` (which covers BYOL, Barlow Twins and SimCLR): the parent
+starts this file as two ranks; each takes its half of a fixed float64 batch of fixed views, does
+one plain SGD step (no momentum, no weight decay: the update is lr·grad, and DDP's gradient is the
+mean over ranks) followed by the method's after-step hook (MoCo's EMA key encoder), and saves its
+``state_dict``. The parent replays the step in one process and compares, to 1e-10 (float64).
+
+The losses cover the three distributed semantics: VICReg (``all_reduce`` moments), FALCON
+(``all_reduce`` code marginal, τ from the global batch), MoCo (``local`` InfoNCE, with the key
+queue gathered over ranks) and Composite (``local`` alignment + ``all_reduce`` variance and
+covariance + ``gather`` uniformity; uniformity is switched on here, its default weight is 0).
+
+BatchNorm -- which reference is the right one. Without SyncBatchNorm (which torch refuses on CPU,
+see ``test_trainer_ddp.py``) each rank's BatchNorm normalises with the mean and variance of *its
+own* N rows, and updates its running statistics from them; so a DDP step with BatchNorm is *not*
+the single-process step on the global batch (whose BatchNorm uses the statistics of all 2N rows).
+It is exactly the single-process step on the global batch in which every BatchNorm normalises
+rows [0, N) and [N, 2N) separately (each half with its own batch statistics and its own copy of
+the running statistics), everything else (the loss, with its gathers and all-reduces) seeing the
+whole batch. That is reference (a), built by :func:`split_batchnorm`. Its parameters after the
+step are the same for both ranks; its running statistics are those of rank r's half, so the
+reference state for rank r takes the running statistics of half r (and MoCo's EMA target, which
+copies the online buffers in ``after_step``, copies those of half r, as rank r does).
+
+So the checks are:
+
+- no BatchNorm anywhere (VICReg, MoCo, Composite; FALCON's projector BN is mandatory): the DDP
+  step equals the plain single-process global-batch step;
+- BatchNorm in the backbone and in the projector (all four): the DDP step equals reference (a),
+  parameters and buffers, on both ranks; and (b), the documented difference: it does *not* equal
+  the single-process step with full-batch BatchNorm (so the half-batch reference is not vacuous),
+  and the two ranks end with different running statistics.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import types
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+pytestmark = pytest.mark.distributed
+
+WORLD = 2
+N = 8  # rows per rank; the global batch has WORLD * N rows
+LR = 0.1
+TIMEOUT_S = 30.0
+METHODS = ("vicreg", "moco", "falcon", "composite")
+NO_BN_METHODS = ("vicreg", "moco", "composite")  # FALCON refuses projector_bn=false
+ATOL = RTOL = 1e-10
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def fixed_views() -> list[torch.Tensor]:
+    """Two fixed views of the global batch (no augmentation), float64 (see test_trainer_ddp)."""
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(WORLD * N, 1, 8, 8, generator=g, dtype=torch.float64) for _ in range(2)]
+
+
+def build(name: str, bn: bool) -> nn.Module:
+    """The method with small heads on a small CNN, seeded; ``bn``: BatchNorm in the backbone and
+    the projector (MoCo's default projector has none, so it is switched on), or none at all."""
+    from collapselab.methods import build_method, method_class
+    from collapselab.models import build_backbone
+
+    torch.manual_seed(0)
+    config = method_class(name).config_class()
+    config.projector_hidden_dim, config.projector_out_dim = 32, 16
+    config.projector_bn = bn
+    if name == "moco":
+        config.queue_size = 64  # small, but larger than the global batch: old keys stay queued
+    elif name == "falcon":
+        config.n_codes = 64
+    elif name == "composite":
+        config.uniformity_weight = 1.0  # default 0: the gather term would not be exercised
+    backbone = build_backbone("small_cnn", in_channels=1, width=8, bn=bn)
+    return build_method(config, backbone).to(torch.float64)
+
+
+def batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def forward_step(model: nn.Module, method: nn.Module, views: Sequence[torch.Tensor]) -> None:
+    """Forward, backward and one plain SGD step (update = lr·grad); no after-step hook."""
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=LR)
+    method.train()
+    out = model(list(views))
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    optimizer.step()
+
+
+def finish(method: nn.Module) -> dict[str, torch.Tensor]:
+    method.after_step(0, 10)
+    return {k: v.detach().clone() for k, v in method.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- worker (one rank)
+
+
+def worker(out_dir: Path) -> None:
+    from collapselab import distributed
+
+    torch.set_num_threads(1)
+    assert distributed.init_from_env(timeout_s=TIMEOUT_S)
+    rank = distributed.get_rank()
+    local = [v[rank * N : (rank + 1) * N] for v in fixed_views()]
+    results: dict[str, dict[str, torch.Tensor]] = {}
+    for name in METHODS:
+        for bn in (False, True) if name in NO_BN_METHODS else (True,):
+            method = build(name, bn)
+            forward_step(nn.parallel.DistributedDataParallel(method), method, local)
+            results[f"{name}/{'bn' if bn else 'no_bn'}"] = finish(method)
+    torch.save(results, out_dir / f"rank{rank}.pt")
+    distributed.barrier()
+    distributed.cleanup()
+
+
+# --------------------------------------------------------------------------- references
+
+
+def _forward_by_rank(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm of each rank's rows with their own batch statistics and running statistics."""
+    assert self.training and self.track_running_stats and self.momentum is not None
+    out = []
+    for rows, stats in zip(x.chunk(WORLD), self.per_rank_stats, strict=True):
+        stats["num_batches_tracked"].add_(1)
+        out.append(
+            F.batch_norm(
+                rows,
+                stats["running_mean"],
+                stats["running_var"],
+                self.weight,
+                self.bias,
+                True,
+                self.momentum,
+                self.eps,
+            )
+        )
+    return torch.cat(out)
+
+
+def split_batchnorm(method: nn.Module) -> None:
+    """Make every BatchNorm (online and EMA target) act as on W ranks without SyncBatchNorm."""
+    for bn in batchnorms(method):
+        bn.per_rank_stats = [
+            {
+                k: getattr(bn, k).clone()
+                for k in ("running_mean", "running_var", "num_batches_tracked")
+            }
+            for _ in range(WORLD)
+        ]
+        bn.forward = types.MethodType(_forward_by_rank, bn)
+
+
+def reference(name: str, bn: bool, per_rank_bn: bool) -> list[dict[str, torch.Tensor]]:
+    """The single-process global-batch step; the state each rank should end with."""
+    method = build(name, bn)
+    if per_rank_bn:
+        split_batchnorm(method)
+    forward_step(method, method, fixed_views())
+    states = []
+    for r in range(WORLD):
+        rank_method = copy.deepcopy(method)
+        if per_rank_bn:
+            for module in batchnorms(rank_method):  # rank r's running statistics are half r's
+                for key, value in module.per_rank_stats[r].items():
+                    getattr(module, key).copy_(value)
+        states.append(finish(rank_method))  # MoCo's EMA target copies these buffers
+    return states
+
+
+# --------------------------------------------------------------------------- parent
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory, launch) -> list[dict]:
+    out_dir = tmp_path_factory.mktemp("methods_ddp")
+    for rank, (code, _, stderr) in enumerate(launch(__file__, [str(out_dir)], WORLD, TIMEOUT_S)):
+        if code != 0:
+            pytest.fail(f"rank {rank} exited with {code}:\n{stderr[-4000:]}")
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def is_bn_buffer(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")
+
+
+def assert_close_states(got: dict, expected: dict, what: str) -> None:
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(
+            got[key], value, atol=ATOL, rtol=RTOL, msg=lambda m, key=key: f"{what}, {key}: {m}"
+        )
+
+
+def assert_step_moved(name: str, bn: bool, after: dict) -> None:
+    before = build(name, bn).state_dict()
+    moved = [k for k in after if not is_bn_buffer(k) and not torch.equal(after[k], before[k])]
+    assert moved, f"vacuous: the step changed no parameter of {name}"
+    if name == "moco":
+        assert "queue.queue" in moved, "MoCo's queue did not receive the keys"
+
+
+@pytest.mark.parametrize("name", NO_BN_METHODS)
+def test_ddp_step_without_batchnorm_equals_single_process_global_batch_step(ranks, name):
+    expected = reference(name, bn=False, per_rank_bn=False)
+    assert not any(is_bn_buffer(k) for k in expected[0]), "a BatchNorm is left"
+    assert_step_moved(name, False, expected[0])
+    for r in range(WORLD):
+        assert_close_states(ranks[r][f"{name}/no_bn"], expected[r], f"{name} without BN, rank {r}")
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_ddp_step_with_batchnorm_equals_global_batch_step_with_per_rank_batchnorm(ranks, name):
+    """Reference (a) of the module doc: parameters equal on both ranks and to the single-process
+    step whose BatchNorms normalise each rank's half separately; running statistics per half."""
+    expected = reference(name, bn=True, per_rank_bn=True)
+    assert any(k.startswith("projector.") and is_bn_buffer(k) for k in expected[0]), (
+        "no BN in the projector"
+    )
+    assert_step_moved(name, True, expected[0])
+    for r in range(WORLD):
+        assert_close_states(
+            ranks[r][f"{name}/bn"], expected[r], f"{name} with per-rank BN, rank {r}"
+        )
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_ddp_step_with_batchnorm_differs_from_full_batch_batchnorm_step(ranks, name):
+    """(b), the documented difference: without SyncBatchNorm, the DDP step is not the step with
+    full-batch BatchNorm statistics, and each rank keeps the running statistics of its own half."""
+    full = reference(name, bn=True, per_rank_bn=False)[0]
+    got = [ranks[r][f"{name}/bn"] for r in range(WORLD)]
+    params = [k for k in full if not is_bn_buffer(k) and k.startswith(("backbone.", "projector."))]
+    gap = max(float((got[0][k] - full[k]).abs().max()) for k in params)
+    assert gap > 1e-6, f"{name}: the DDP step with BatchNorm equals the full-batch-BN step"
+    buffers = [k for k in full if k.endswith("running_mean")]
+    assert buffers and all(not torch.allclose(got[0][k], got[1][k]) for k in buffers), (
+        "the ranks' running statistics should come from their own halves"
+    )
+    for k in params:
+        assert torch.equal(got[0][k], got[1][k]), f"{name}: ranks' parameters differ at {k}"
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]))
