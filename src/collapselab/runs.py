@@ -383,8 +383,7 @@ class RunFolder:
 
     def update_summary(self, section: str, values: Mapping[str, Any]) -> dict[str, Any]:
         """Merge ``values`` into ``summary[section]`` (e.g. ``eval`` scores), keeping the rest."""
-        return self.write_summary({section: dict(values)} if section in MERGED_SECTIONS
-                                  else {section: {**(self.summary().get(section) or {}), **values}})
+        return self.write_summary({section: {**(self.summary().get(section) or {}), **values}})
 
     # ---- checkpoints and the model ---------------------------------------------------------
 

@@ -444,23 +444,28 @@ class Trainer:
     # ---- monitoring ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def probe_embeddings(self) -> dict[str, torch.Tensor]:
+    def _embed_for_monitor(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``method.embed`` in eval mode, eager and in full precision (the spectra's small
+        eigenvalues matter), the training mode restored after."""
         was_training = self.method.training
         self.method.eval()
         try:
-            with self._eager():  # full precision: the spectra's small eigenvalues matter
-                out = self.method.embed(self._eval_transform(self.probe_images))
+            with self._eager():
+                out = self.method.embed(images)
         finally:
             self.method.train(was_training)
-        out = {k: v.float() for k, v in out.items()}
+        return {k: v.float() for k, v in out.items()}
+
+    def probe_embeddings(self) -> dict[str, torch.Tensor]:
+        out = self._embed_for_monitor(self._eval_transform(self.probe_images))
         self.last_probe = out
         wanted = self.config.monitor.embeddings
         missing = [k for k in wanted if k not in out]
         if missing:
             raise InputError(f"monitor.embeddings: {missing} not produced by {self.method.name} (has {sorted(out)})")
-        named = {k: out[k].float() for k in wanted}
+        named = {k: out[k] for k in wanted}
         if "codes" in out:  # code-producing methods: cluster-collapse verdicts from code usage
-            named["codes"] = out["codes"].float()
+            named["codes"] = out["codes"]
         return named
 
     @torch.no_grad()
@@ -473,14 +478,8 @@ class Trainer:
         view = self.augment(self.probe_images, generator)[0]
         if self.channels_last and view.ndim == 4:
             view = view.contiguous(memory_format=torch.channels_last)
-        was_training = self.method.training
-        self.method.eval()
-        try:
-            with self._eager():
-                out = self.method.embed(view)
-        finally:
-            self.method.train(was_training)
-        return {k: out[k].float() for k in self.config.monitor.embeddings if k in out}
+        out = self._embed_for_monitor(view)
+        return {k: out[k] for k in self.config.monitor.embeddings if k in out}
 
     def check_collapse(self) -> list[Alarm]:
         if not self.config.monitor.enabled:
@@ -651,12 +650,15 @@ class Trainer:
         bad = [f"{k}={v}" for k, v in terms.items() if isinstance(v, float) and not math.isfinite(v)]
         where = (f"non-finite terms: {', '.join(bad)}" if bad
                  else f"terms: {', '.join(f'{k}={v:.4g}' for k, v in terms.items()) or 'none logged'}")
-        last = self.checkpoint_dir / LAST
-        kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if last.exists() else "no checkpoint was written yet"
         return TrainingError(
             f"loss is {record['loss']} at step {step} (epoch {self.epoch + 1}, {self.method.name}); "
-            f"{where}; training stopped and {kept}. Try a lower optim.lr, optim.grad_clip, or train.amp=off"
+            f"{where}; training stopped and {self._kept_checkpoint()}. Try a lower optim.lr, optim.grad_clip, "
+            "or train.amp=off"
         )
+
+    def _kept_checkpoint(self) -> str:
+        last = self.checkpoint_dir / LAST
+        return f"the last good checkpoint is {last} (epoch {self.epoch})" if last.exists() else "no checkpoint was written yet"
 
     def _check_finite(self, probe: Mapping[str, torch.Tensor]) -> None:
         """Weights that went non-finite while the logged loss still was finite (the optimiser
@@ -666,11 +668,9 @@ class Trainer:
             raise self._diverged_weights(f"the probe's {', '.join(bad)} embeddings are non-finite")
 
     def _diverged_weights(self, what: str) -> TrainingError:
-        last = self.checkpoint_dir / LAST
-        kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if last.exists() else "no checkpoint was written yet"
         return TrainingError(
             f"the network diverged by step {self.global_step} (epoch {self.epoch + 1}, {self.method.name}): {what}; "
-            f"training stopped and {kept}. Try a lower optim.lr, optim.grad_clip, or train.amp=off")
+            f"training stopped and {self._kept_checkpoint()}. Try a lower optim.lr, optim.grad_clip, or train.amp=off")
 
     def _raise_if_diverged(self, err: BaseException) -> None:
         """After an error inside a step: if the loss had already gone non-finite, that is the
