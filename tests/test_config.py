@@ -227,7 +227,8 @@ def test_config_round_trips_through_dict_and_yaml(method: str, tmp_path: Path) -
 
 def test_every_method_is_covered_by_the_round_trip() -> None:
     assert set(available_methods()) == {
-        "simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "falcon", "directpred", "composite"
+        "simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "falcon", "directpred", "composite",
+        "dino", "swav", "ijepa",
     }
 
 

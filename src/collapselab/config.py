@@ -46,7 +46,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """``dataset``: a registered name (``collapselab datasets``). ``batch_size``: per process.
-    ``augment``: a recipe name (simclr | byol | multicrop) or a dict for ``build_augment``; null
+    ``augment``: a recipe name (simclr | byol | multicrop | swav | ijepa) or a dict for ``build_augment``; null
     = the method's default recipe. ``normalize``: standardise views with the training split's
     per-channel mean and std. ``knn_split``: held-out split for the online kNN (null = none; the
     final evaluation always scores the ``test`` split, as :func:`collapselab.evaluate`).

@@ -81,6 +81,8 @@ def build_backbone_for(config: Config, channels: int, height: int, width: int) -
         kwargs.setdefault("in_channels", channels)
     elif "input_dim" in params:
         kwargs.setdefault("input_dim", channels * height * width)
+    if "img_size" in params:  # ViTs: the positional table is made for the training images' size
+        kwargs.setdefault("img_size", (height, width))
     return build_backbone(config.model.backbone, **kwargs)
 
 

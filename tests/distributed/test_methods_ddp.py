@@ -1,4 +1,4 @@
-"""One optimiser step of VICReg, MoCo, FALCON and Composite under DistributedDataParallel (two gloo
+"""One optimiser step of VICReg, MoCo, FALCON, Composite, DINO and SwAV under DistributedDataParallel (two gloo
 ranks on CPU) against one process holding the global batch.
 
 Launched like ``test_trainer_ddp.py`` (which covers BYOL, Barlow Twins and SimCLR): the parent
@@ -10,7 +10,9 @@ mean over ranks) followed by the method's after-step hook (MoCo's EMA key encode
 The losses cover the three distributed semantics: VICReg (``all_reduce`` moments), FALCON
 (``all_reduce`` code marginal, τ from the global batch), MoCo (``local`` InfoNCE, with the key
 queue gathered over ranks) and Composite (``local`` alignment + ``all_reduce`` variance and
-covariance + ``gather`` uniformity; uniformity is switched on here, its default weight is 0).
+covariance + ``gather`` uniformity; uniformity is switched on here, its default weight is 0),
+DINO (``local`` cross-entropy, ``all_reduce`` centre update, EMA teacher) and SwAV
+(``all_reduce`` Sinkhorn–Knopp over the global batch).
 
 BatchNorm -- which reference is the right one. Without SyncBatchNorm (which torch refuses on CPU,
 see ``test_trainer_ddp.py``) each rank's BatchNorm normalises with the mean and variance of *its
@@ -53,9 +55,14 @@ WORLD = 2
 N = 8  # rows per rank; the global batch has WORLD * N rows
 LR = 0.1
 TIMEOUT_S = 30.0
-METHODS = ("vicreg", "moco", "falcon", "composite")
-NO_BN_METHODS = ("vicreg", "moco", "composite")  # FALCON refuses projector_bn=false
+METHODS = ("vicreg", "moco", "falcon", "composite", "dino", "swav")
+NO_BN_METHODS = ("vicreg", "moco", "composite", "dino", "swav")  # FALCON refuses projector_bn=false
+# DINO and SwAV run their crops through one concatenated forward, so a rank's BatchNorm sees its
+# rows of every crop; the half-batch reference below splits the global concatenation by position
+# instead, so those two are checked without BatchNorm (their losses' communication is the point)
+BN_METHODS = ("vicreg", "moco", "falcon", "composite")
 ATOL = RTOL = 1e-10
+HEADS = ("projector.", "head.")  # DINO registers its head (MLP + last layer) as ``head``
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -83,6 +90,10 @@ def build(name: str, bn: bool) -> nn.Module:
         config.n_codes = 64
     elif name == "composite":
         config.uniformity_weight = 1.0  # default 0: the gather term would not be exercised
+    elif name == "dino":
+        config.out_dim = 32  # K; the centre update all-reduces the teacher mean over ranks
+    elif name == "swav":
+        config.n_prototypes = 24  # Sinkhorn sums over the global batch (all-reduce)
     backbone = build_backbone("small_cnn", in_channels=1, width=8, bn=bn)
     return build_method(config, backbone).to(torch.float64)
 
@@ -118,7 +129,7 @@ def worker(out_dir: Path) -> None:
     local = [v[rank * N : (rank + 1) * N] for v in fixed_views()]
     results: dict[str, dict[str, torch.Tensor]] = {}
     for name in METHODS:
-        for bn in (False, True) if name in NO_BN_METHODS else (True,):
+        for bn in (*((False,) if name in NO_BN_METHODS else ()), *((True,) if name in BN_METHODS else ())):
             method = build(name, bn)
             forward_step(nn.parallel.DistributedDataParallel(method), method, local)
             results[f"{name}/{'bn' if bn else 'no_bn'}"] = finish(method)
@@ -222,12 +233,12 @@ def test_ddp_step_without_batchnorm_equals_single_process_global_batch_step(rank
         assert_close_states(ranks[r][f"{name}/no_bn"], expected[r], f"{name} without BN, rank {r}")
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", BN_METHODS)
 def test_ddp_step_with_batchnorm_equals_global_batch_step_with_per_rank_batchnorm(ranks, name):
     """Reference (a) of the module doc: parameters equal on both ranks and to the single-process
     step whose BatchNorms normalise each rank's half separately; running statistics per half."""
     expected = reference(name, bn=True, per_rank_bn=True)
-    assert any(k.startswith("projector.") and is_bn_buffer(k) for k in expected[0]), (
+    assert any(k.startswith(HEADS) and is_bn_buffer(k) for k in expected[0]), (
         "no BN in the projector"
     )
     assert_step_moved(name, True, expected[0])
@@ -237,13 +248,13 @@ def test_ddp_step_with_batchnorm_equals_global_batch_step_with_per_rank_batchnor
         )
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", BN_METHODS)
 def test_ddp_step_with_batchnorm_differs_from_full_batch_batchnorm_step(ranks, name):
     """(b), the documented difference: without SyncBatchNorm, the DDP step is not the step with
     full-batch BatchNorm statistics, and each rank keeps the running statistics of its own half."""
     full = reference(name, bn=True, per_rank_bn=False)[0]
     got = [ranks[r][f"{name}/bn"] for r in range(WORLD)]
-    params = [k for k in full if not is_bn_buffer(k) and k.startswith(("backbone.", "projector."))]
+    params = [k for k in full if not is_bn_buffer(k) and k.startswith(("backbone.", *HEADS))]
     gap = max(float((got[0][k] - full[k]).abs().max()) for k in params)
     assert gap > 1e-6, f"{name}: the DDP step with BatchNorm equals the full-batch-BN step"
     buffers = [k for k in full if k.endswith("running_mean")]

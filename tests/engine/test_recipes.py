@@ -19,6 +19,13 @@ from collapselab.methods import METHODS
 torch.set_num_threads(1)
 
 
+def small_backbone(method: str) -> dict:
+    """Cheap backbone arguments for a method's digits recipe: a narrow small CNN, or one
+    transformer block for the ViT recipes (a ViT has no ``width``)."""
+    backbone = load_config(method, "digits").model.backbone
+    return {"depth": 1} if backbone.startswith("vit") else {"width": 8}
+
+
 def split(recipe: str) -> tuple[str, str]:
     method, dataset = recipe.rsplit("_", 1)
     return method, dataset
@@ -42,7 +49,7 @@ def test_digits_recipe_trains_two_steps_and_writes_the_run(tmp_path: Path, metho
     run = collapselab.train(
         method, "digits", run={"name": "r", "out_dir": str(tmp_path)},
         train={"epochs": 1, "threads": 1, "max_steps_per_epoch": 2}, data={"batch_size": 64},
-        model={"backbone_args": {"width": 8}}, log={"progress": False},
+        model={"backbone_args": small_backbone(method)}, log={"progress": False},
         eval={"final": False, "knn_every": 1}, monitor={"probe_size": 64},
     )
     summary = json.loads((run.dir / "summary.json").read_text())

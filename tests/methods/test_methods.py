@@ -25,6 +25,10 @@ torch.set_num_threads(1)
 def make(name: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     cls = method_class(name)
+    if name == "ijepa":  # a ViT on 8x8 images (patch 2: a 4x4 grid) and masks that fit that grid
+        masks = {"num_targets": 2, "target_scale": [0.1, 0.15], "min_keep": 4}
+        config = cls.config_class(**{"masks": masks, **overrides})
+        return build_method(config, build_backbone("vit_tiny", img_size=8, in_channels=1, patch_size=2, depth=1))
     config = cls.config_class(**overrides)
     return build_method(config, build_backbone("small_cnn", in_channels=1, width=4))
 

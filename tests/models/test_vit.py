@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from collapselab._validation import InputError
 from collapselab.data.masks import sample_block_masks, select_patches
@@ -105,8 +106,10 @@ def test_sincos_table_is_fixed_distinct_per_patch_and_bounded():
 
 def test_vit_refuses_wrong_image_size_and_out_of_range_indices():
     model = small_vit()
-    with pytest.raises(InputError, match=r"\(B, 1, 8, 8\)"):
-        model(torch.randn(2, 1, 16, 16))
+    with pytest.raises(InputError, match=r"multiples of the patch size 2 \(trained at 8x8\)"):
+        model(torch.randn(2, 1, 7, 8))
+    with pytest.raises(InputError, match="training size 8x8"):
+        model(torch.randn(2, 1, 4, 4), keep_indices=torch.zeros((2, 3), dtype=torch.long))
     with pytest.raises(InputError, match=r"\[0, 16\)"):
         model(torch.randn(2, 1, 8, 8), keep_indices=torch.full((2, 3), 16))
     with pytest.raises(InputError, match="divisible"):
@@ -131,3 +134,17 @@ def test_vit_and_predictor_run_under_bf16_autocast_and_backpropagate():
     out.float().square().mean().backward()
     assert encoder.patch_embed.weight.grad is not None
     assert predictor.mask_token.grad is not None
+
+
+def test_vit_other_image_sizes_use_the_positional_table_resized_bicubically():
+    """Multi-crop local crops (DINO): a 4x4 input on an 8x8-trained ViT (patch 2) gets the 4x4
+    positional grid that bicubic interpolation of the stored 4x4→2x2 table gives, checked against
+    the patch embedding plus an independently resized table; the native size is unchanged."""
+    model = small_vit()
+    x = torch.randn(2, 1, 4, 4)
+    table = model.pos_embed.detach().reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    resized = F.interpolate(table, size=(2, 2), mode="bicubic", align_corners=False)
+    expected = model.patch_embed(x).flatten(2).transpose(1, 2) + resized.flatten(2).transpose(1, 2)
+    torch.testing.assert_close(model.patchify(x), expected)
+    assert model.positions(model.grid) is model.pos_embed
+    assert model(x).shape == (2, model.out_dim)

@@ -20,6 +20,7 @@ TRAINING_CLAIMS = [
     "byol-no-predictor-fast-ema-collapses",
     *(["alignment-alone-collapses"] if "composite" in METHODS else []),
     *(["falcon-uses-all-codes"] if "falcon" in METHODS else []),
+    *(["predictor-delays-band-shrinkage", "predictor-shapes-rank-trajectory"] if "composite" in METHODS else []),
 ]
 
 

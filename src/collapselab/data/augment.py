@@ -744,6 +744,18 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "global2": {"crop_scale": (0.4, 1.0), "saturation": 0.2, "blur_p": 0.1, "solarize_p": 0.2},
         "local": {"count": 6, "size": 96 / 224, "crop_scale": (0.05, 0.4), "saturation": 0.2, "blur_p": 0.5},
     },
+    # SwAV (Caron et al. 2020, official main_swav.py): 2 x 224 crops of scale (0.14, 1) and
+    # 6 x 96 of (0.05, 0.14); colour distortion of strength 1 (0.8, 0.8, 0.8, 0.2, p 0.8),
+    # grey 0.2, blur 0.5, flips.
+    "swav": {
+        "global": {"count": 2, "crop_scale": (0.14, 1.0), "brightness": 0.8, "contrast": 0.8,
+                   "saturation": 0.8, "hue": 0.2, "blur_p": 0.5},
+        "local": {"count": 6, "size": 96 / 224, "crop_scale": (0.05, 0.14), "brightness": 0.8,
+                  "contrast": 0.8, "saturation": 0.8, "hue": 0.2, "blur_p": 0.5},
+    },
+    # I-JEPA (Assran et al. 2023, official configs): one random resized crop of scale (0.3, 1),
+    # no flip, no colour distortion, no blur: the masks, not the augmentations, make the task.
+    "ijepa": {"view": {"crop_scale": (0.3, 1.0), "flip_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0}},
 }
 
 
@@ -763,7 +775,7 @@ def build_augment(config: str | Mapping[str, Any] | None = "simclr", **overrides
 
     Dict form::
 
-        recipe: byol            # simclr | byol | multicrop | custom (start from no groups)
+        recipe: byol            # simclr | byol | multicrop | swav | ijepa | custom (start from no groups)
         backend: auto           # auto | torch | native (see MultiViewAugment)
         size: 32                # any ViewConfig field here applies to every group
         mean: [0.49, 0.48, 0.45]

@@ -16,6 +16,12 @@ places a block against the bottom/right edge); a sample whose context keeps fewe
 (the official code eventually relaxes the no-overlap rule). As in the official collator, the
 context of every sample is truncated to the smallest context size in the batch, keeping the
 first patches in raster order, so the indices stack into one tensor.
+
+Two samplers draw the same masks *distribution*: :func:`sample_block_masks` with torch's RNG on any
+device (it reads its draws back to the host, e.g. the block sizes), and
+:func:`sample_block_masks_numpy` with a NumPy generator on the host, for a training step that must
+not read a device tensor (the I-JEPA method: the masks are drawn on the host, then copied to the
+device). Same seed, different draws: the two use different random streams.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 
 from collapselab._validation import InputError
@@ -170,6 +177,79 @@ def sample_block_masks(batch_size: int, grid: int | tuple[int, int], config: Mas
     return BlockMasks(context, targets, truncated, target_mask, grid, t_size, c_size)
 
 
+def _blocks_numpy(rng: np.random.Generator, batch: int, count: int, size: tuple[int, int],
+                  grid: tuple[int, int]) -> np.ndarray:
+    """Bool (batch, count, H·W): rectangles of ``size``, top-left corners uniform over every
+    position where they fit (as :func:`_blocks`)."""
+    gh, gw = grid
+    h, w = size
+    top = rng.integers(0, gh - h + 1, size=(batch, count))[..., None, None]
+    left = rng.integers(0, gw - w + 1, size=(batch, count))[..., None, None]
+    rows = np.arange(gh).reshape(1, 1, gh, 1)
+    cols = np.arange(gw).reshape(1, 1, 1, gw)
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    return inside.reshape(batch, count, gh * gw)
+
+
+def _first_true_numpy(mask: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the first ``k`` True entries along the last axis (raster order), int64."""
+    return np.argsort(~mask, axis=-1, kind="stable")[..., :k].astype(np.int64)
+
+
+def sample_block_masks_numpy(batch_size: int, grid: int | tuple[int, int], config: MaskConfig | None = None,
+                             rng: np.random.Generator | None = None) -> BlockMasks:
+    """Draw I-JEPA context/target masks on the host with a NumPy generator (no tensor is read).
+
+    The same procedure as :func:`sample_block_masks` (block sizes once per batch, positions per
+    sample, targets removed from the context, ``min_keep`` with ``max_tries`` fresh context
+    positions, the context truncated to the batch's smallest in raster order), drawn from
+    ``rng`` (default: a fresh unseeded generator). Returns :class:`BlockMasks` of CPU tensors
+    (made from the NumPy arrays without a copy): move ``context`` / ``targets`` to the device
+    with ``.to(device)``, a host → device copy.
+    """
+    config = config or MaskConfig()
+    grid = (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
+    if grid[0] < 2 or grid[1] < 2 or batch_size < 1:
+        raise InputError(f"masks: need a grid of at least 2x2 patches and batch_size >= 1, got grid {grid}, "
+                         f"batch_size {batch_size}")
+    rng = rng if rng is not None else np.random.default_rng()
+    u = rng.random(4)
+    lo, hi = config.target_scale
+    alo, ahi = config.target_aspect_ratio
+    t_size = block_size(lo + u[0] * (hi - lo), alo + u[1] * (ahi - alo), grid)
+    lo, hi = config.context_scale
+    alo, ahi = config.context_aspect_ratio
+    c_size = block_size(lo + u[2] * (hi - lo), alo + u[3] * (ahi - alo), grid)
+
+    target_mask = _blocks_numpy(rng, batch_size, config.num_targets, t_size, grid)
+    allowed = ~target_mask.any(axis=1, keepdims=True)  # (B, 1, P)
+    context_mask = _blocks_numpy(rng, batch_size, config.num_context, c_size, grid)
+    if not config.allow_overlap:
+        context_mask &= allowed
+    for _ in range(config.max_tries):
+        short = context_mask.sum(-1) < config.min_keep  # (B, n_ctx)
+        if not short.any():
+            break
+        fresh = _blocks_numpy(rng, batch_size, config.num_context, c_size, grid)
+        if not config.allow_overlap:
+            fresh &= allowed
+        context_mask = np.where(short[..., None], fresh, context_mask)
+    else:
+        if (context_mask.sum(-1) < config.min_keep).any():
+            raise InputError(
+                f"masks: after {config.max_tries} tries some context blocks keep fewer than min_keep="
+                f"{config.min_keep} patches once the targets are removed (grid {grid}, target block "
+                f"{t_size} x {config.num_targets}, context block {c_size}); use a finer grid, smaller "
+                "target_scale, fewer targets or a lower min_keep")
+    k_ctx = int(context_mask.sum(-1).min())
+    context = _first_true_numpy(context_mask, k_ctx)
+    truncated = np.zeros_like(context_mask)
+    np.put_along_axis(truncated, context, True, axis=-1)
+    targets = _first_true_numpy(target_mask, t_size[0] * t_size[1])
+    return BlockMasks(torch.from_numpy(context), torch.from_numpy(targets), torch.from_numpy(truncated),
+                      torch.from_numpy(target_mask), grid, t_size, c_size)
+
+
 def select_patches(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Pick patch tokens by index: ``tokens`` (B, P, D), ``indices`` (B, n, K) → (B, n, K, D).
 
@@ -184,4 +264,5 @@ def select_patches(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return tokens.gather(1, idx).reshape(b, n, k, tokens.shape[-1])
 
 
-__all__ = ["BlockMasks", "MaskConfig", "block_size", "sample_block_masks", "select_patches"]
+__all__ = ["BlockMasks", "MaskConfig", "block_size", "sample_block_masks", "sample_block_masks_numpy",
+           "select_patches"]

@@ -4,6 +4,7 @@ Every function takes an (N, D) tensor or ndarray (rows = samples) and computes i
 Formulas and sources: docs/diagnostics.md and each function's docstring.
 """
 
+from collapselab.diagnostics.band import band_metrics
 from collapselab.diagnostics.clusters import (
     code_geometry,
     code_usage,
@@ -47,6 +48,7 @@ __all__ = [
     "StreamingCovariance",
     "alignment",
     "alpha_req",
+    "band_metrics",
     "code_geometry",
     "code_usage",
     "collapse_level",

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from collapselab._validation import ArrayLike, InputError
+from collapselab.diagnostics.band import BAND_COLLAPSED_RATIO, band_score, checks_to_floor
 from collapselab.diagnostics.verdict import (
     LEVELS,
     MODES,
@@ -157,12 +158,14 @@ class CollapseMonitor:
         codes: ArrayLike | None = None,
         labels: ArrayLike | None = None,
         loss: float | None = None,
+        bands: Mapping[str, ArrayLike] | None = None,
     ) -> list[Alarm]:
         """Diagnose each named embedding at ``step``; return the alarms this update raised.
 
         ``views`` maps a name to a second view of the same inputs; ``codes`` and ``labels`` apply
         to every name; ``loss`` is the training loss around ``step`` (e.g. the mean since the last
-        check). Steps must increase.
+        check); ``bands`` maps a name to the uncertainty band of its rows (the ``band`` mode,
+        e.g. ``{"emb": sigma}``). Steps must increase.
         """
         if not embeddings:
             raise InputError("CollapseMonitor.update: no embeddings given")
@@ -179,6 +182,7 @@ class CollapseMonitor:
                 codes=codes,
                 labels=labels,
                 reference=self.references.get(name) if self.use_reference else None,
+                band=None if bands is None else bands.get(name),
                 max_pairwise_samples=self.max_pairwise_samples,
             )
         return self.observe(step, diagnoses, loss=loss)
@@ -209,11 +213,13 @@ class CollapseMonitor:
                 values.append(math.nan)
 
     def _check(self, step: int, name: str, diag: Diagnosis) -> list[Alarm]:
-        levels = self.levels.setdefault(name, {mode: [] for mode in MODES})
+        levels = self.levels.setdefault(name, {})
+        for mode in MODES:  # a state saved before a mode existed: n/a at its earlier checks
+            levels.setdefault(mode, [NOT_APPLICABLE] * (len(self.steps[name]) - 1))
         firsts = self.first_unhealthy.setdefault(name, {})
         alarms = []
         for mode in MODES:
-            level, reason = diag.verdict[mode], diag.reasons.get(mode, "")
+            level, reason = diag.verdict.get(mode, NOT_APPLICABLE), diag.reasons.get(mode, "")
             metric = TREND_METRICS.get(mode)
             if level == "healthy" and metric is not None:
                 values = self.history[name][metric]
@@ -236,6 +242,9 @@ class CollapseMonitor:
                     reason = (f"{reason}; that is {values[-1] / peak:.2f}× the most it used during the run "
                               f"({peak:.1f})")
                     diag.verdict[mode], diag.reasons[mode] = level, reason
+            if mode == "band" and level != NOT_APPLICABLE:
+                level, reason = self._band_history(step, name, diag, level, reason)
+                diag.verdict[mode], diag.reasons[mode] = level, reason
             if mode == "complete" and self.collapse_loss is not None and self.losses and self.losses[-1][0] == step \
                     and loss_at_collapse(self.losses, self.collapse_loss):
                 level = worst_level((level, "warning"))
@@ -260,20 +269,53 @@ class CollapseMonitor:
         self.latest[name] = diag
         return alarms
 
+    def _band_history(self, step: int, name: str, diag: Diagnosis, level: str, reason: str) -> tuple[str, str]:
+        """The band mode's history rules: a band whose score (:func:`band_score`: its width against
+        the spread, or against its start, whichever is smaller) is below 1 and falls at each check
+        so that it reaches the collapse line within one trend window at that rate is a warning; an
+        unhealthy band while the training loss is finite is said to be silent (the loss does not
+        show it: a Gaussian likelihood only drifts down like log σ)."""
+        history = self.history[name]
+        count = len(self.steps[name])
+        # the reference check is its own reference: its width is 1× its start
+        vs_refs = list(history.get("band_width_vs_reference", [math.nan] * count))
+        if self.use_reference and "band_width" in self.references.get(name, {}):
+            vs_refs[0] = 1.0
+        values = [band_score({"band_width_ratio": ratio, "band_width_vs_reference": vs_ref}) for ratio, vs_ref in
+                  zip(history.get("band_width_ratio", [math.nan] * count), vs_refs, strict=True)]
+        left = checks_to_floor(values, self.trend_window)
+        # recorded beside the measured metrics (nan while the band is not falling at every check)
+        series = history.setdefault("band_checks_to_floor", [math.nan] * count)
+        series[-1] = left if math.isfinite(left) else math.nan
+        diag.metrics["band_checks_to_floor"] = series[-1]
+        # a band wider than the whole cloud of points (score > 1) hedges over every input: its fall
+        # to the cloud's size is the band being fitted, not a collapse trend
+        if level == "healthy" and left <= self.trend_window and values[-1] < 1.0:
+            level = "warning"
+            reason = (f"{reason}; it fell at each of the last {self.trend_window} checks, from "
+                      f"{values[-self.trend_window - 1]:.3g} to {values[-1]:.3g}: at that rate it reaches "
+                      f"{BAND_COLLAPSED_RATIO:g} within {left:.1f} checks")
+        if level != "healthy" and self.losses and self.losses[-1][0] == step:
+            reason += f"; silent: the training loss is finite ({self.losses[-1][1]:.4g})"
+        return level, reason
+
     def final_verdict(self) -> dict[str, dict[str, dict[str, Any]]]:
         """The end-of-run verdict: name → mode → ``{"level", "since", "reason"}``.
 
         A mode's level is the worst of its last ``recovery_checks`` checks at or after the warm-up
         (or of the last check, if none came after it): the warm-up delays alarms but never hides
         a state the run ended in. ``since`` is the first step of the unhealthy stretch the run
-        ended in (None when healthy or n/a); ``reason`` the sentence of the worst check.
+        ended in (None when healthy or n/a); ``reason`` the sentence of the worst check. The
+        ``band`` mode is left out for names that were never given a band.
         """
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for name, steps in self.steps.items():
             out[name] = {}
             history = self.verdict_history.get(name, {})
             for mode in MODES:
-                levels = self.levels[name][mode]
+                levels = self.levels[name].get(mode, [])
+                if mode == "band" and all(lv == NOT_APPLICABLE for lv in levels):
+                    continue
                 reasons = history.get(mode, [""] * len(levels))
                 judged = [i for i, at in enumerate(steps) if at >= self.warmup_steps] or [len(steps) - 1]
                 recent = [i for i in judged[-self.recovery_checks:] if levels[i] != NOT_APPLICABLE]
@@ -367,7 +409,8 @@ def replay(
             if i is None:
                 continue
             metrics = {k: (math.nan if v[i] is None else float(v[i])) for k, v in entry["metrics"].items()}
-            metrics = {k: v for k, v in metrics.items() if not (math.isnan(v) and k.startswith("code"))}
+            metrics = {k: v for k, v in metrics.items()
+                       if not (math.isnan(v) and k.startswith(("code", "band")))}
             reference = monitor.references.get(name) if monitor.use_reference else None
             diagnoses[name] = judge(metrics, reference)
         monitor.observe(step, diagnoses, loss=loss_at.get(step))

@@ -10,7 +10,13 @@ complete       spread = min(tr Σ / E‖z‖², 1 − ‖mean z/‖z‖‖²): t
 dimensional    effective rank relative to min(D, N − 1), and to the reference's effective rank
 cluster        code-usage perplexity relative to min(c, N), codes used against chance, per-sample entropy
 intracluster   within-cluster variance / total variance, for labels or argmax codes
+band           the width of an uncertainty band σ (when one is given) against the spread of
+               the embedding, and the fraction of inputs whose band is below a floor
+               (:mod:`collapselab.diagnostics.band`)
 =============  ==========================================================================
+
+The ``band`` mode appears in a verdict only when a band is given (``diagnose(z, band=σ)``);
+without one it is absent from ``Diagnosis.verdict`` and printed as "n/a".
 
 Thresholds are module constants, each with the reason for its value; they were calibrated on
 random-initialisation, healthy and genuinely collapsed embeddings of real networks (see
@@ -38,9 +44,10 @@ from collapselab._validation import (
     as_tensor,
     check_same_shape,
 )
+from collapselab.diagnostics import band as band_mode
 from collapselab.diagnostics import clusters, geometry, spectrum
 
-MODES = ("complete", "dimensional", "cluster", "intracluster")
+MODES = ("complete", "dimensional", "cluster", "intracluster", "band")
 LEVELS = ("healthy", "warning", "collapsed")  # ordered by severity; "n/a" when not measurable
 NOT_APPLICABLE = "n/a"
 
@@ -155,9 +162,9 @@ class Diagnosis:
         lines = [f"Collapse diagnosis: {int(m['n_samples'])} samples x {int(m['dim'])} dims"]
         width = max(len(mode) for mode in MODES)
         for mode in MODES:
-            lines.append(
-                f"  {mode:<{width}}  {self.verdict[mode]:<9}  {self.reasons.get(mode, '')}"
-            )
+            level = self.verdict.get(mode, NOT_APPLICABLE)
+            reason = self.reasons.get(mode, "no band given" if mode == "band" else "")
+            lines.append(f"  {mode:<{width}}  {level:<9}  {reason}")
         lines.append("  metrics:")
         for key in _DISPLAY_ORDER:
             if key in m:
@@ -190,6 +197,10 @@ _DISPLAY_ORDER = (
     "code_sample_entropy_ratio",
     "intracluster_ratio",
     "intracluster_min_ratio",
+    "band_width",
+    "band_spread",
+    "band_width_ratio",
+    "band_below_floor",
 )
 
 
@@ -313,7 +324,8 @@ def intracluster_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
 
 
 def verdicts(metrics: Mapping[str, float]) -> tuple[dict[str, str], dict[str, str]]:
-    """Apply the four verdict rules to a metrics dict; returns (verdict, reasons)."""
+    """Apply the verdict rules to a metrics dict; returns (verdict, reasons). The ``band`` mode
+    is judged only when band metrics are present."""
     verdict, reasons = {}, {}
     for mode, rule in (
         ("complete", complete_verdict),
@@ -328,7 +340,20 @@ def verdicts(metrics: Mapping[str, float]) -> tuple[dict[str, str], dict[str, st
         for mode in ("dimensional", "cluster", "intracluster"):
             if verdict[mode] != NOT_APPLICABLE:
                 verdict[mode], reasons[mode] = "collapsed", "implied by complete collapse (the spread left is noise)"
+    elif verdict["cluster"] == "healthy" and verdict["dimensional"] == "collapsed":
+        reasons["cluster"] += ENTROPY_IS_NOT_GEOMETRY
+    if "band_width_ratio" in metrics:
+        verdict["band"], reasons["band"] = band_mode.band_verdict(metrics)
     return verdict, reasons
+
+
+ENTROPY_IS_NOT_GEOMETRY = (
+    "; code usage is a statistic of the assignments, not of the geometry: the codes are spread "
+    "while the embedding is collapsed to a few directions (see the dimensional mode)"
+)
+"""Appended to a healthy cluster verdict when the dimensional mode is collapsed: high code entropy
+does not mean the points are apart (codes can be any function of a collapsed embedding, e.g. a
+hash of a rank-1 one; docs/diagnostics.md "Entropy is not geometry")."""
 
 
 def _subsample(x: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
@@ -339,7 +364,7 @@ def _subsample(x: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
     return x[idx]
 
 
-SCALED_METRICS = {"total_variance": 2, "top_eigenvalue": 2, "mean_norm": 1}
+SCALED_METRICS = {"total_variance": 2, "top_eigenvalue": 2, "mean_norm": 1, "band_width": 1, "band_spread": 1}
 """Metrics in the input's units (the rest are scale-free): restored after rescaling."""
 RESCALE_RANGE = (2.0**-300 * 2.0**150, 2.0**150)
 """Inputs whose largest |value| lies outside about (1e-45, 1e45) are divided by a power of two
@@ -378,6 +403,7 @@ def diagnose(
     codes: ArrayLike | None = None,
     labels: ArrayLike | None = None,
     reference: Diagnosis | Mapping[str, float] | ArrayLike | None = None,
+    band: ArrayLike | None = None,
     max_pairwise_samples: int = MAX_PAIRWISE_SAMPLES,
     seed: int = 0,
 ) -> Diagnosis:
@@ -396,6 +422,9 @@ def diagnose(
         reference: a Diagnosis, metrics dict or embeddings (N', D) of a reference state,
             typically the same network at initialisation; dimensional and complete verdicts
             are then judged relative to it. Its width must be D.
+        band: the uncertainty band of each row of ``z`` (its mean), widths ≥ 0 of shape (N,),
+            (N, 1) or (N, D) (``band`` mode, :mod:`collapselab.diagnostics.band`); without it
+            the band mode is absent from the verdict.
         max_pairwise_samples: rows (seeded subsample) used for the O(N²) uniformity.
         seed: seed of that subsample.
     """
@@ -419,6 +448,8 @@ def diagnose(
         v = as_float64_matrix(views, "views")
         check_same_shape(x, v, "z", "views")
         metrics["alignment"] = geometry.alignment(x, _rescaled(v)[0])
+    if band is not None:  # measured in the rescaled units of x, restored below
+        metrics.update(band_mode.band_metrics(x, band_mode.as_band(band, n, d) / scale))
     if scale != 1.0:  # back to the input's units (inf where float64 cannot hold them)
         metrics["input_scale"] = scale
         for key, power in SCALED_METRICS.items():
@@ -446,6 +477,7 @@ REFERENCE_RATIOS = {
     "effective_rank_vs_reference": "effective_rank",
     "spread_vs_reference": "spread",
     "total_variance_vs_reference": "total_variance",
+    "band_width_vs_reference": "band_width",
 }
 """Metrics judged relative to a reference: ratio name → the metric it divides."""
 
@@ -458,7 +490,7 @@ def judge(metrics: Mapping[str, float], reference: Diagnosis | Mapping[str, floa
     if ref is not None:
         for ratio, key in REFERENCE_RATIOS.items():
             base = ref.get(key, 0.0)
-            if base is not None and math.isfinite(base) and base > 0:
+            if key in metrics and base is not None and math.isfinite(base) and base > 0:
                 metrics[ratio] = metrics[key] / base
     verdict, reasons = verdicts(metrics)
     return Diagnosis(metrics=metrics, verdict=verdict, reasons=reasons)

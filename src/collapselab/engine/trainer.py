@@ -488,13 +488,16 @@ class Trainer:
             self._sync_stop()
             return []
         probe = self.probe_embeddings()
-        self._check_finite(probe)
+        # a method with an uncertainty band (composite band=...) gives the width of each row of emb
+        band = self.last_probe.get("band") if "emb" in probe else None
+        self._check_finite(probe if band is None else {**probe, "band": band})
         codes = probe.pop("codes", None)
         every = self.config.monitor.every
         recent = self.epoch_losses[-every:] if every else self.epoch_losses
         loss = sum(recent) / len(recent) if recent else None  # the training loss since the last check
         views = self.probe_views() if self.config.monitor.views else None
-        alarms = self.monitor.update(self.global_step, probe, codes=codes, loss=loss, views=views)
+        alarms = self.monitor.update(self.global_step, probe, codes=codes, loss=loss, views=views,
+                                     bands=None if band is None else {"emb": band})
         self._record_check(probe, loss)
         for alarm in alarms:
             hint = f"\n    hint: {'; '.join(self.hints)}" if self.hints else ""
@@ -572,6 +575,7 @@ class Trainer:
                            final_value=c.optim.min_lr_ratio * self.base_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        self.method.start_step(self.global_step, self.total_steps, self.steps_per_epoch)
         views = self.augment(images, self.generator)
         if self.channels_last:
             views = to_channels_last(views)
@@ -585,6 +589,7 @@ class Trainer:
         if c.optim.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             tensors["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.method.parameters(), c.optim.grad_clip)
+        self.method.before_optimizer_step()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         for key, value in out.scalars.items():

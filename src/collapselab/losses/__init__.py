@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from collapselab.losses.band import band_floor, band_kl_prior, band_nll
 from collapselab.losses.codes import (
     DINOLoss,
     FALCONLoss,
@@ -34,6 +35,7 @@ from collapselab.losses.codes import (
     rademacher_dictionary,
     sinkhorn_knopp,
     swav,
+    swav_assignments,
 )
 from collapselab.losses.contrastive import MoCoQueue, alignment_uniformity, info_nce, nt_xent
 from collapselab.losses.noncontrastive import (
@@ -73,6 +75,9 @@ __all__ = [
     "MoCoQueue",
     "SwAVLoss",
     "alignment_uniformity",
+    "band_floor",
+    "band_kl_prior",
+    "band_nll",
     "barlow_twins",
     "dino",
     "dino_center_update",
@@ -86,6 +91,7 @@ __all__ = [
     "rademacher_dictionary",
     "sinkhorn_knopp",
     "swav",
+    "swav_assignments",
     "symmetric_negative_cosine",
     "vicreg",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "rademacher_dictionary",
     "sinkhorn_knopp",
     "swav",
+    "swav_assignments",
 ]
 
 Terms = dict[str, torch.Tensor]
@@ -400,6 +401,56 @@ def sinkhorn_knopp(scores: torch.Tensor, eps: float = 0.05, iterations: int = 3)
     return torch.exp(log_q + math.log(batch)).T.to(scores.dtype)
 
 
+@torch.no_grad()
+def swav_assignments(
+    scores: torch.Tensor,
+    sinkhorn_eps: float = 0.05,
+    sinkhorn_iterations: int = 3,
+    *,
+    equipartition: bool = True,
+    queue_scores: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SwAV's codes q for the crop whose prototype scores are ``scores`` (no gradient).
+
+    ``equipartition=True`` (SwAV)::
+
+        q = SinkhornKnopp([x_queue; x])[-n:]     (ε, iterations; see :func:`sinkhorn_knopp`)
+
+    the Sinkhorn input being the queue's scores (m, K) stacked before the batch's (n, K) and
+    only the batch's n rows kept (the official code's ``use_the_queue`` branch: the queue only
+    enlarges the set over which every prototype must receive an equal share). Without a queue
+    it is Sinkhorn on the batch. ``equipartition=False`` (an ablation, not in the paper)::
+
+        q = softmax(x / ε)                       (row-wise; the queue changes nothing)
+
+    the same sharpening without the equal-partition constraint, which leaves the trivial
+    solution (every sample on one prototype) open.
+
+    Source: Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster
+    Assignments" (SwAV), NeurIPS 2020, Sec. 3.1 and the official ``main_swav.py``
+    (``distributed_sinkhorn``, the feature queue). Shapes: ``scores`` (n, K), ``queue_scores``
+    (m, K) or None → (n, K), in the dtype of ``scores``. Distributed (``all_reduce``): Sinkhorn's
+    prototype sums run over the rows of every rank (each rank's batch and its own queue).
+    """
+    scores = check_tensor(scores, "scores")
+    check_positive(sinkhorn_eps, "sinkhorn_eps")
+    if not equipartition:
+        return F.softmax(scores.detach().to(torch.promote_types(scores.dtype, torch.float32)) / sinkhorn_eps,
+                         dim=1).to(scores.dtype)
+    if queue_scores is None:
+        return sinkhorn_knopp(scores, sinkhorn_eps, sinkhorn_iterations)
+    queue_scores = check_tensor(queue_scores, "queue_scores")
+    if queue_scores.shape[1] != scores.shape[1]:
+        raise InputError(
+            f"queue_scores: expected {scores.shape[1]} prototypes (columns), got shape "
+            f"{tuple(queue_scores.shape)}"
+        )
+    dtype = torch.promote_types(scores.dtype, queue_scores.dtype)
+    rows = torch.cat([queue_scores.detach().to(dtype), scores.detach().to(dtype)])
+    codes = sinkhorn_knopp(rows, sinkhorn_eps, sinkhorn_iterations)
+    return codes[-scores.shape[0]:].to(scores.dtype)
+
+
 @semantics("all_reduce")
 def swav(
     scores: torch.Tensor | Sequence[torch.Tensor],
@@ -407,7 +458,11 @@ def swav(
     sinkhorn_eps: float = 0.05,
     sinkhorn_iterations: int = 3,
     assign_views: Sequence[int] = (0, 1),
-) -> torch.Tensor:
+    *,
+    queue_scores: Sequence[torch.Tensor | None] | None = None,
+    equipartition: bool = True,
+    return_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, Terms]:
     """SwAV swapped prediction: predict the Sinkhorn code of one view from the scores of another.
 
     Formula, with scores x_v = ẑ_v·Ĉ (L2-normalised embeddings and prototypes)::
@@ -416,14 +471,21 @@ def swav(
         L   = (1/|A|) Σ_a (1/(V − 1)) Σ_{v≠a} mean_b −Σ_k q_a[b,k] log softmax(x_v[b]/τ)_k
 
     Source: Caron et al. (SwAV), NeurIPS 2020, eq. (1)–(3) and the official code
-    (facebookresearch/swav); τ = 0.1, Sinkhorn ε = 0.05, 3 iterations. The optional feature
-    queue of the official code is not included.
+    (facebookresearch/swav ``main_swav.py``); τ = 0.1, Sinkhorn ε = 0.05, 3 iterations.
+
+    ``queue_scores``: the official feature queue, one (m, K) tensor (or None) per entry of
+    ``assign_views``: the scores of stored embeddings of earlier batches, added to that crop's
+    Sinkhorn input; only the batch rows of the codes enter the loss (:func:`swav_assignments`).
+    ``equipartition=False`` replaces the Sinkhorn codes by softmax(x_a/ε) (an ablation).
 
     Shapes: ``scores`` (V, n, K) or a list of V tensors (n, K) (all crops, global crops first).
-    Returns a scalar.
+    Returns a scalar, or ``(loss, {"code_entropy", "prototypes_used"})`` with
+    ``return_terms=True``: the mean entropy −Σ_k q log q of the codes over the assignment crops
+    and samples, and the number of distinct prototypes that are the argmax of some code
+    (over every assignment crop's rows of this rank), as 0-d tensors (no host read).
 
-    Distributed (``all_reduce``): Sinkhorn normalises over the global batch; the cross-entropy
-    is a local mean.
+    Distributed (``all_reduce``): Sinkhorn normalises over the global batch (and every rank's
+    queue); the cross-entropy and the logged terms are local.
     """
     temperature = check_positive(temperature, "temperature")
     views = stack_views(scores, "scores")
@@ -433,13 +495,29 @@ def swav(
         raise InputError(
             f"swav: assign_views {tuple(assign_views)} must index the {len(views)} views"
         )
+    if queue_scores is not None and len(queue_scores) != len(assign_views):
+        raise InputError(
+            f"swav: queue_scores needs one entry per assignment view ({len(assign_views)}), "
+            f"got {len(queue_scores)}"
+        )
     log_probs = [F.log_softmax(v / temperature, dim=1) for v in views]
     loss = 0.0
-    for a in assign_views:
-        codes = sinkhorn_knopp(views[a], sinkhorn_eps, sinkhorn_iterations)
+    all_codes = []
+    for i, a in enumerate(assign_views):
+        queue = queue_scores[i] if queue_scores is not None else None
+        codes = swav_assignments(
+            views[a], sinkhorn_eps, sinkhorn_iterations, equipartition=equipartition, queue_scores=queue
+        )
+        all_codes.append(codes)
         sub = sum(-(codes * log_probs[v]).sum(dim=1).mean() for v in range(len(views)) if v != a)
         loss = loss + sub / (len(views) - 1)
-    return loss / len(assign_views)
+    loss = loss / len(assign_views)
+    if not return_terms:
+        return loss
+    codes = torch.cat(all_codes).float()
+    entropy = -(codes * codes.clamp_min(1e-30).log()).sum(dim=1).mean()
+    hit = torch.zeros(codes.shape[1], device=codes.device).index_fill_(0, codes.argmax(dim=1), 1.0)
+    return loss, {"code_entropy": entropy, "prototypes_used": hit.sum()}
 
 
 class SwAVLoss(nn.Module):

@@ -16,6 +16,7 @@ from collapselab.methods.base import (
     SiameseConfig,
     SiameseMethod,
     SSLMethod,
+    StepSchedule,
     available_methods,
     build_method,
     describe_methods,
@@ -25,16 +26,21 @@ from collapselab.methods.base import (
 )
 from collapselab.methods.byol import BYOL, BYOLConfig
 from collapselab.methods.composite import Composite, CompositeConfig
+from collapselab.methods.dino import DINO, DINOConfig
 from collapselab.methods.directpred import DirectPred, DirectPredConfig
 from collapselab.methods.falcon import FALCON, FALCONConfig
+from collapselab.methods.ijepa import IJEPA, IJEPAConfig
 from collapselab.methods.moco import MoCo, MoCoConfig
 from collapselab.methods.simclr import SimCLR, SimCLRConfig
 from collapselab.methods.simsiam import SimSiam, SimSiamConfig
+from collapselab.methods.swav import SwAV, SwAVConfig
 from collapselab.methods.vicreg import VICReg, VICRegConfig
 
 __all__ = [
     "BYOL",
+    "DINO",
     "FALCON",
+    "IJEPA",
     "METHODS",
     "PREDICTORS",
     "BYOLConfig",
@@ -42,10 +48,12 @@ __all__ = [
     "BarlowTwinsConfig",
     "Composite",
     "CompositeConfig",
+    "DINOConfig",
     "DirectPred",
     "DirectPredConfig",
     "EMATarget",
     "FALCONConfig",
+    "IJEPAConfig",
     "MethodConfig",
     "MethodOutput",
     "MoCo",
@@ -57,6 +65,9 @@ __all__ = [
     "SimCLRConfig",
     "SimSiam",
     "SimSiamConfig",
+    "StepSchedule",
+    "SwAV",
+    "SwAVConfig",
     "VICReg",
     "VICRegConfig",
     "available_methods",

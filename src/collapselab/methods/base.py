@@ -115,6 +115,21 @@ class MethodOutput:
         self.tensors = {name: t.detach() for name, t in self.tensors.items()}
 
 
+@dataclass(frozen=True)
+class StepSchedule:
+    """Where training is: ``step`` (0-based, the step about to run), ``total_steps`` and
+    ``steps_per_epoch`` (set by :meth:`SSLMethod.start_step`)."""
+
+    step: int = 0
+    total_steps: int = 1
+    steps_per_epoch: int = 1
+
+    @property
+    def epoch(self) -> float:
+        """Fractional epoch: step / steps_per_epoch."""
+        return self.step / self.steps_per_epoch
+
+
 class _EMAPlan:
     """What :meth:`EMATarget.update` caches: the online tensors it was built for (checked by
     identity) and the (target, online) lists bucketed by device and dtype, one foreach call each."""
@@ -254,6 +269,7 @@ class SSLMethod(nn.Module):
         config.validate()
         self.config = config
         self.backbone = backbone
+        self.schedule = StepSchedule()
         self.projector = self.build_projector(int(backbone.out_dim))
 
     def build_projector(self, in_dim: int) -> MLPHead:
@@ -272,6 +288,17 @@ class SSLMethod(nn.Module):
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def start_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
+        """Called by the trainer before every forward with the step about to run (0-based), the
+        run's length and the epoch's length in steps, so schedules (teacher temperature, frozen
+        layers) can follow them. Stored as :attr:`schedule`; plain attributes, not state: the
+        trainer calls it again before the first step of a resumed run."""
+        self.schedule = StepSchedule(int(step), max(int(total_steps), 1), max(int(steps_per_epoch), 1))
+
+    def before_optimizer_step(self) -> None:
+        """Called after the backward pass (and gradient clipping), before the optimiser step:
+        e.g. drop the gradients of a layer that is frozen early in training. Default: nothing."""
 
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
         """Called after every optimiser step (EMA updates); returns scalars to log."""

@@ -30,6 +30,8 @@ from collapselab.models.backbones import (
 )
 from collapselab.models.dictionary import RademacherDictionary
 from collapselab.models.heads import (
+    DINOBottleneck,
+    DINOHead,
     FALCONProjector,
     LinearPredictor,
     MLPHead,
@@ -53,6 +55,8 @@ __all__ = [
     "VIT_CONFIGS",
     "BasicBlock",
     "Bottleneck",
+    "DINOBottleneck",
+    "DINOHead",
     "FALCONProjector",
     "LinearPredictor",
     "MLPBackbone",

@@ -1,5 +1,5 @@
 """Heads stacked on a backbone: projector/predictor MLPs, a settable linear predictor, the
-FALCON projector and L2-normalised prototypes.
+FALCON projector, L2-normalised prototypes and the DINO head.
 
 All heads map (B, in_dim) → (B, out_dim) and expose ``in_dim`` / ``out_dim``.
 """
@@ -119,6 +119,12 @@ _PRESETS: dict[str, tuple[dict, dict, str]] = {
         dict(hidden_dim=512, out_dim=2048, num_layers=2, bn=True),
         dict(hidden_dim=128, out_dim=512, num_layers=2, bn=True),
         "Chen & He 2021 (SimSiam) Sec. 4: bottleneck 2048 → 512 (BN, ReLU) → 2048, no BN at output",
+    ),
+    "swav": (
+        dict(hidden_dim=2048, out_dim=128, num_layers=2, bn=True),
+        dict(hidden_dim=512, out_dim=128, num_layers=2, bn=True),
+        "Caron et al. 2020 (SwAV), official code: Linear 2048 → BN → ReLU → Linear 128, then "
+        "L2-normalised and scored against the prototypes",
     ),
     "barlow_twins": (
         dict(hidden_dim=8192, out_dim=8192, num_layers=3, bn=True),
@@ -326,7 +332,96 @@ class Prototypes(nn.Module):
         return x @ weight.T
 
 
+# --------------------------------------------------------------------------- DINO head
+
+
+class DINOBottleneck(nn.Sequential):
+    """The MLP of :class:`DINOHead`: (num_layers − 1) × [Linear → [BN] → GELU] → Linear to the
+    bottleneck; every Linear has a bias (the official code's layers). Shapes: (B, in_dim) → (B, out_dim)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, bn: bool) -> None:
+        layers: list[nn.Module] = []
+        width = in_dim
+        for _ in range(num_layers - 1):
+            layers.append(nn.Linear(width, hidden_dim))
+            if bn:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.GELU())
+            width = hidden_dim
+        layers.append(nn.Linear(width, out_dim))
+        super().__init__(*layers)
+        self.in_dim, self.out_dim = in_dim, out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """(B, in_dim) → (B, out_dim)."""
+        _check_features(x, self.in_dim, "DINOHead")
+        return super().forward(x)
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head: MLP → L2-normalise → weight-normalised linear layer to K outputs.
+
+    logits_k = g_k · ⟨z/‖z‖, v_k/‖v_k‖⟩,  z = MLP(x) ∈ R^bottleneck,  k = 1..K (``out_dim``).
+
+    Source: Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021,
+    Sec. 3.1 and App.; official code facebookresearch/dino ``vision_transformer.py`` ``DINOHead``:
+    3 layers, hidden 2048, bottleneck 256, GELU, no BatchNorm (``use_bn_in_head=False``), MLP
+    weights truncated normal (std 0.02) with zero biases; the last layer is
+    ``weight_norm(Linear(bottleneck, K, bias=False))`` with g filled with 1 and frozen when
+    ``norm_last_layer`` (default), so every row v_k/‖v_k‖ is a unit prototype.
+
+    Implementation: the last layer is :class:`Prototypes` with ``weight_norm=True`` (rows
+    normalised inside the forward, so gradients see the normalisation, as ``weight_norm``; its
+    initial directions are uniform in [−1/√d, 1/√d]^d, the distribution of the official default
+    Linear init). ``norm_last_layer=False`` adds the learnable norms g (K, 1), initialised at 1
+    (2-D as the official ``weight_g``, so they get weight decay like it).
+
+    Attributes: ``mlp`` (:class:`DINOBottleneck`), ``last_layer`` (:class:`Prototypes`),
+    ``last_layer_norm`` (g, or None). Shapes: (B, in_dim) → (B, out_dim).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        num_layers: int = 3,
+        bn: bool = False,
+        norm_last_layer: bool = True,
+    ) -> None:
+        super().__init__()
+        where = "DINOHead"
+        for value, name in ((in_dim, "in_dim"), (out_dim, "out_dim"), (hidden_dim, "hidden_dim"),
+                            (bottleneck_dim, "bottleneck_dim"), (num_layers, "num_layers")):
+            _check_dim(value, name, where)
+        self.in_dim, self.out_dim, self.bottleneck_dim = in_dim, out_dim, bottleneck_dim
+        self.mlp = DINOBottleneck(in_dim, hidden_dim, bottleneck_dim, num_layers, bn)
+        for module in self.mlp.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        self.last_layer = Prototypes(bottleneck_dim, out_dim, normalize_input=True, weight_norm=True)
+        self.last_layer_norm = None if norm_last_layer else nn.Parameter(torch.ones(out_dim, 1))
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        """The parameters DINO freezes during the first epoch(s): prototypes v and norms g."""
+        params = [self.last_layer.weight]
+        return params if self.last_layer_norm is None else [*params, self.last_layer_norm]
+
+    def scores(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits from bottleneck outputs: (B, bottleneck_dim) → (B, out_dim)."""
+        logits = self.last_layer(z)
+        return logits if self.last_layer_norm is None else logits * self.last_layer_norm.T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim) → (B, out_dim) logits."""
+        return self.scores(self.mlp(x))
+
+
 __all__ = [
+    "DINOBottleneck",
+    "DINOHead",
     "FALCONProjector",
     "LinearPredictor",
     "MLPHead",

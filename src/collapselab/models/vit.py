@@ -198,14 +198,31 @@ class VisionTransformer(nn.Module):
         nn.init.zeros_(self.patch_embed.bias)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) → patch tokens plus positions, (B, num_patches, embed_dim)."""
-        h, w = self.grid[0] * self.patch_size, self.grid[1] * self.patch_size
-        if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2:] != (h, w):
+        """Images (B, C, H, W) → patch tokens plus positions, (B, (H/p)·(W/p), embed_dim).
+
+        Images of another size than ``img_size`` (sides a multiple of the patch size, e.g. the
+        local crops of multi-crop) get the positional table resized to their grid by bicubic
+        interpolation, as DINO's ``interpolate_pos_encoding`` (Caron et al. 2021, official
+        code): a smaller crop spans the same range of positions as a full image.
+        """
+        p = self.patch_size
+        if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2] % p or x.shape[3] % p or x.shape[2] < p \
+                or x.shape[3] < p:
+            h, w = self.grid[0] * p, self.grid[1] * p
             raise InputError(
-                f"VisionTransformer: expected images of shape (B, {self.in_channels}, {h}, {w}), got "
-                f"{tuple(x.shape)}"
+                f"VisionTransformer: expected images of shape (B, {self.in_channels}, H, W) with H and W "
+                f"multiples of the patch size {p} (trained at {h}x{w}), got {tuple(x.shape)}"
             )
-        return self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        return self.patch_embed(x).flatten(2).transpose(1, 2) + self.positions((x.shape[2] // p, x.shape[3] // p))
+
+    def positions(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The positional table (1, grid_h·grid_w, D): the stored one at the training grid, else
+        that table bicubically interpolated to ``grid``."""
+        if tuple(grid) == self.grid:
+            return self.pos_embed
+        table = self.pos_embed.reshape(1, self.grid[0], self.grid[1], self.embed_dim).permute(0, 3, 1, 2)
+        table = F.interpolate(table.float(), size=tuple(grid), mode="bicubic", align_corners=False)
+        return table.to(self.pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], self.embed_dim)
 
     def forward(
         self,
@@ -229,6 +246,9 @@ class VisionTransformer(nn.Module):
         tokens = self.patchify(x)
         lead: tuple[int, ...] = (x.shape[0],)
         if keep_indices is not None:
+            if tokens.shape[1] != self.num_patches:
+                raise InputError("VisionTransformer: keep_indices need images of the training size "
+                                 f"{self.grid[0] * self.patch_size}x{self.grid[1] * self.patch_size}")
             _check_indices(
                 keep_indices, x.shape[0], self.num_patches, "keep_indices", "VisionTransformer"
             )

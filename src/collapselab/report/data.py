@@ -25,8 +25,8 @@ from collapselab.runs import (
 )
 
 RunLike = str | os.PathLike | RunFolder
-# the monitor's modes, in the order the report lists them
-MODES = ("complete", "dimensional", "cluster", "intracluster")
+# the monitor's modes, in the order the report lists them ("band" only where a run had a band)
+MODES = ("complete", "dimensional", "cluster", "intracluster", "band")
 
 
 @dataclass

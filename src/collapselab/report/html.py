@@ -73,8 +73,11 @@ SECTIONS = (  # id, heading; the figure sections take their figure from plots.FI
     ("spectrum", "Eigenvalue spectrum"),
     ("alignment-uniformity", "Alignment and uniformity"),
     ("codes", "Code usage"),
+    ("band", "Uncertainty band"),
     ("config", "Config"),
 )
+BAND_METRICS = (("band_width_ratio", "band width / spread of the embedding"),
+                ("band_below_floor", "fraction of inputs below the floor"))
 
 CAPTIONS = {
     "loss": "The training loss logged every log.every steps. A loss that falls to the value a "
@@ -97,6 +100,10 @@ CAPTIONS = {
                             "(alignment 0) because every point is the same (uniformity 0).",
     "codes": "For code-based methods: the fraction of codes in use and the perplexity of the code "
              "distribution (the effective number of codes). Both fall when codes collapse onto few.",
+    "band": "For embeddings with an uncertainty band (composite method.band=scalar|diagonal): the mean "
+            "band width against the spread of the embedding (warning below 0.1, collapsed below 0.01), "
+            "and the fraction of probe inputs whose band is under 0.01 of the spread. A band that "
+            "falls to 0 while the loss stays finite is a silent collapse: every input is a point again.",
 }
 
 
@@ -161,6 +168,11 @@ def _section_body(sid: str, runs: Sequence[RunData]) -> str | None:
         return _config(runs)
     if sid == "codes" and not any(run.has_metric(m) for run in runs for m, _ in plots.CODE_METRICS):
         return None
+    if sid == "band":
+        if not any(run.has_metric(m) for run in runs for m, _ in BAND_METRICS):
+            return None
+        figure = plots._render(lambda r: plots._metric_panels(r, BAND_METRICS, "uncertainty band"), runs)
+        return _figure(figure, CAPTIONS["band"], _not_recorded(sid, runs))
     caption = CAPTIONS.get(sid, "")
     if sid == "knn" and len(runs) > 1:  # the baselines are drawn for a single run only
         caption = caption.split(" The dashed lines")[0] + " Each run's final kNN is its star; the baselines " \
@@ -186,7 +198,7 @@ def _figure(svg: str | None, caption: str, missing: str) -> str:
 def _not_recorded(sid: str, runs: Sequence[RunData]) -> str:
     where = "this run" if len(runs) == 1 else "these runs"
     source = {"loss": METRICS_FILE, "knn": METRICS_FILE, "ranks": METRICS_FILE, "spectrum": SPECTRA_FILE,
-              "alignment-uniformity": METRICS_FILE, "codes": METRICS_FILE}.get(sid, "")
+              "alignment-uniformity": METRICS_FILE, "codes": METRICS_FILE, "band": METRICS_FILE}.get(sid, "")
     problems = sorted({run.notes[source] for run in runs if source in run.notes})
     extra = {"alignment-uniformity": " (alignment needs monitor.views=true, the default since this version)"}.get(sid, "")
     return f"Not recorded in {where}{extra}." + (f" {'; '.join(problems)}." if problems else "")

@@ -1052,3 +1052,41 @@ def _check_uniformity(counterfactual: bool) -> list[Comparison]:
             ),
         ]
     return rows
+
+
+@claim(
+    "entropy-is-not-geometry",
+    source="collapselab (docs/diagnostics.md, \"Entropy is not geometry\"); the four modes of "
+    "Sansone, Lebailly & Tuytelaars 2025 (arXiv 2410.04959); dimensional collapse: Jing et al., "
+    "ICLR 2022",
+    statement="Maximal code-usage entropy says nothing about the geometry: codes assigned by a hash "
+    "of a rank-1 embedding use all c codes (entropy ≈ log c, cluster verdict healthy) while the "
+    "embedding has effective rank 1 (dimensional verdict collapsed); the diagnosis says why.",
+    counterfactual="predicts that maximal code entropy implies an uncollapsed geometry: the "
+    "dimensional verdict as healthy as the cluster one and an effective rank near c",
+)
+def _check_entropy_is_not_geometry(counterfactual: bool) -> list[Comparison]:
+    import hashlib
+
+    from collapselab.diagnostics import diagnose
+
+    levels = {"healthy": 0.0, "warning": 1.0, "collapsed": 2.0}
+    gen = _gen(20)
+    n, d, c = 4000, 32, 32
+    coordinate = torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    z = coordinate @ torch.randn(1, d, generator=gen, dtype=torch.float64)  # rank 1
+    codes = torch.tensor([
+        int.from_bytes(hashlib.blake2b(row.numpy().tobytes(), digest_size=8).digest(), "little") % c
+        for row in coordinate
+    ])
+    diag = diagnose(z, codes=codes)
+    return [
+        Comparison(f"code entropy / log c, c = {c}", 1.0, diag.metrics["code_entropy"] / math.log(c), 1e-2),
+        Comparison("cluster verdict level (0 healthy, 2 collapsed)", 0.0, levels[diag.verdict["cluster"]], 0.0),
+        Comparison("effective rank of the embedding", float(c) if counterfactual else 1.0,
+                   diag.metrics["effective_rank"], 1e-6),
+        Comparison("dimensional verdict level (0 healthy, 2 collapsed)", 0.0 if counterfactual else 2.0,
+                   levels[diag.verdict["dimensional"]], 0.0),
+        Comparison("the cluster reason names the difference (1 = yes)", 1.0,
+                   float("not of the geometry" in diag.reasons["cluster"]), 0.0),
+    ]
