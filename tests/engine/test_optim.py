@@ -451,6 +451,8 @@ def test_build_optimizer_uses_foreach_with_the_maths_of_the_default_path(name: s
     for a, b in zip(net.parameters(), net_default.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     for p, p0 in zip(net.parameters(), start, strict=True):  # trained ones moved, frozen ones not
+        if p is net.conv.bias:  # a bias before BatchNorm has zero gradient: its 1e-9 steps may round away
+            continue
         assert torch.equal(p.detach(), p0) != p.requires_grad
 
 
