@@ -117,27 +117,6 @@ def prediction_loss(predictions: torch.Tensor, targets: torch.Tensor, loss: str 
     return F.smooth_l1_loss(predictions, targets, beta=1.0)
 
 
-def predict_blocks(predictor: ViTPredictor, context: torch.Tensor, context_indices: torch.Tensor,
-                   target_indices: torch.Tensor) -> torch.Tensor:
-    """:meth:`ViTPredictor.forward` for 3-D target indices, without its index-range check (which
-    reads the indices' values on the host; ours come from the mask sampler and are in range).
-
-    context (B, K_c, D_enc), context_indices (B, K_c), target_indices (B, M, K_t) →
-    predictions (B, M, K_t, D_enc): [embed(context) + pos[ctx] ‖ mask_token + pos[tgt_m]] →
-    blocks → LN → proj at the mask positions, one sequence per (sample, block).
-    """
-    b, k_c, _ = context.shape
-    m, k_t = target_indices.shape[1], target_indices.shape[2]
-    pos = predictor.pos_embed.to(context.dtype)
-    ctx = predictor.embed(context) + pos[context_indices]  # (B, K_c, Dp)
-    queries = predictor.mask_token + pos[target_indices]  # (B, M, K_t, Dp)
-    tokens = torch.cat([ctx.repeat_interleave(m, dim=0), queries.reshape(b * m, k_t, -1)], dim=1)
-    for block in predictor.blocks:
-        tokens = block(tokens)
-    out = predictor.proj(predictor.norm(tokens[:, k_c:]))
-    return out.reshape(b, m, k_t, predictor.encoder_dim)
-
-
 def _identity_head(dim: int) -> nn.Module:
     head = nn.Identity()
     head.out_dim = dim  # what generic code (probe, monitor) reads off a projector
@@ -232,14 +211,10 @@ class IJEPA(SSLMethod):
         return F.layer_norm(tokens, (tokens.shape[-1],))
 
     def context_tokens(self, x: torch.Tensor, context_indices: torch.Tensor) -> torch.Tensor:
-        """f_θ on the context patches: (B, n_ctx, K_c) indices → tokens (B·n_ctx, K_c, D), the
-        same as ``backbone(x, keep_indices=...)`` (positions added before selection) without its
-        host-side index check."""
-        tokens = self.backbone.patchify(x)  # (B, P, D)
-        b, n_ctx, k_c = context_indices.shape
-        flat = context_indices.reshape(b, n_ctx * k_c, 1).expand(-1, -1, tokens.shape[-1])
-        kept = tokens.gather(1, flat).reshape(b * n_ctx, k_c, tokens.shape[-1])
-        return self.backbone.forward_tokens(kept)
+        """f_θ on the context patches: (B, n_ctx, K_c) indices → tokens (B·n_ctx, K_c, D). The
+        indices come from the mask sampler, in range: no host-side range check."""
+        tokens = self.backbone(x, keep_indices=context_indices, return_tokens=True, check_range=False)
+        return tokens.reshape(-1, *tokens.shape[2:])
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
         """One view per image (the ``ijepa`` recipe; further views are not used)."""
@@ -257,8 +232,8 @@ class IJEPA(SSLMethod):
         targets = select_patches(self.target_tokens(x), target_idx)  # (B, M, K_t, D)
         context = self.context_tokens(x, context_idx)  # (B·n_ctx, K_c, D)
         # every context block predicts every target block (official: repeat_interleave_batch)
-        predictions = predict_blocks(self.predictor, context, context_idx.reshape(b * n_ctx, -1),
-                                     target_idx.repeat_interleave(n_ctx, dim=0))
+        predictions = self.predictor(context, context_idx.reshape(b * n_ctx, -1),
+                                     target_idx.repeat_interleave(n_ctx, dim=0), check_range=False)
         loss = prediction_loss(predictions, targets.repeat_interleave(n_ctx, dim=0), self.config.loss)
         # repr: the context encoder's mean token of each image's first context block; emb: the
         # mean of its layer-normalised target tokens (over the target blocks only)
@@ -295,4 +270,4 @@ class IJEPA(SSLMethod):
         return []
 
 
-__all__ = ["IJEPA", "IJEPAConfig", "LinearEMATarget", "ijepa_momentum", "predict_blocks", "prediction_loss"]
+__all__ = ["IJEPA", "IJEPAConfig", "LinearEMATarget", "ijepa_momentum", "prediction_loss"]

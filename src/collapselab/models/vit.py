@@ -122,7 +122,7 @@ def _grid(img_size: int | tuple[int, int], patch_size: int, where: str) -> tuple
 
 
 def _check_indices(
-    indices: torch.Tensor, batch: int, num_patches: int, name: str, where: str
+    indices: torch.Tensor, batch: int, num_patches: int, name: str, where: str, check_range: bool = True
 ) -> None:
     if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64:
         raise InputError(f"{where}: {name} must be an int64 tensor of patch indices")
@@ -132,7 +132,8 @@ def _check_indices(
             f"{tuple(indices.shape)}"
         )
     if (
-        indices.device.type == "cpu"
+        check_range
+        and indices.device.type == "cpu"
         and indices.numel()
         and (int(indices.min()) < 0 or int(indices.max()) >= num_patches)
     ):
@@ -229,6 +230,7 @@ class VisionTransformer(nn.Module):
         x: torch.Tensor,
         keep_indices: torch.Tensor | None = None,
         return_tokens: bool = False,
+        check_range: bool = True,
     ) -> torch.Tensor:
         """Encode images, optionally on a subset of patches.
 
@@ -239,6 +241,8 @@ class VisionTransformer(nn.Module):
                 ``None`` keeps every patch. Positions are added before selection, so running on
                 a subset equals running on the gathered tokens.
             return_tokens: return the normalised tokens instead of their mean.
+            check_range: check that CPU indices lie on the grid (reads their values on the host;
+                a training step with indices drawn in range passes False).
 
         Returns: tokens (B, K, D) / (B, M, K, D) if ``return_tokens``, else features (B, D) /
         (B, M, D) — the mean of the kept tokens.
@@ -249,9 +253,8 @@ class VisionTransformer(nn.Module):
             if tokens.shape[1] != self.num_patches:
                 raise InputError("VisionTransformer: keep_indices need images of the training size "
                                  f"{self.grid[0] * self.patch_size}x{self.grid[1] * self.patch_size}")
-            _check_indices(
-                keep_indices, x.shape[0], self.num_patches, "keep_indices", "VisionTransformer"
-            )
+            _check_indices(keep_indices, x.shape[0], self.num_patches, "keep_indices", "VisionTransformer",
+                           check_range)
             lead = tuple(keep_indices.shape[:-1])
             flat = keep_indices.reshape(x.shape[0], -1)
             tokens = _gather_tokens(tokens, flat).reshape(
@@ -339,6 +342,7 @@ class ViTPredictor(nn.Module):
         context: torch.Tensor,
         context_indices: torch.Tensor,
         target_indices: torch.Tensor,
+        check_range: bool = True,
     ) -> torch.Tensor:
         """Predict the encoder's tokens at the target positions.
 
@@ -346,6 +350,8 @@ class ViTPredictor(nn.Module):
             context: context-encoder tokens (B, K_c, D_enc).
             context_indices: their patch indices, int64 (B, K_c) (or (B, 1, K_c)).
             target_indices: int64 (B, K_t) or (B, M, K_t) (e.g. ``BlockMasks.targets``).
+            check_range: check that CPU indices lie on the grid (a host read; see
+                :meth:`VisionTransformer.forward`).
 
         Returns: predictions (B, K_t, D_enc), or (B, M, K_t, D_enc) for 3-D target_indices.
         """
@@ -355,8 +361,8 @@ class ViTPredictor(nn.Module):
                 f"{where}: context must be (B, K_c, {self.encoder_dim}), got {tuple(context.shape)}"
             )
         b, k_c, _ = context.shape
-        _check_indices(context_indices, b, self.num_patches, "context_indices", where)
-        _check_indices(target_indices, b, self.num_patches, "target_indices", where)
+        _check_indices(context_indices, b, self.num_patches, "context_indices", where, check_range)
+        _check_indices(target_indices, b, self.num_patches, "target_indices", where, check_range)
         context_indices = context_indices.reshape(b, -1)
         if context_indices.shape[1] != k_c:
             raise InputError(
