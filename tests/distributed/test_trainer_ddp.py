@@ -117,6 +117,53 @@ def train_on_rank(out_dir: Path, rank: int, sync_bn: bool, budget: str | None = 
     return {"state": state, "summary": json.dumps(run.summary, default=str)}
 
 
+SWAV_QUEUE = 320  # rows over both ranks: 160 per rank = 5 batches of 32, so after 6 steps the
+# oldest rows a rank holds come from the first epoch, before the end-of-epoch checkpoint
+
+
+def swav_resume_on_rank(out_dir: Path) -> dict[str, object]:
+    """SwAV with its per-rank feature queue on 2 ranks: 2 epochs straight, and 2 epochs
+    interrupted after the first (as in test_trainer_resume.py) then resumed, in one run folder
+    both ranks read (as on a shared filesystem)."""
+    import collapselab
+    from collapselab import distributed
+    from collapselab.engine.trainer import Trainer
+
+    save = Trainer._save
+
+    def save_then_interrupt(self: Trainer) -> None:
+        save(self)
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    sections = dict(
+        data={"batch_size": 32},
+        log={"progress": False, "tensorboard": False},
+        eval={"final": False, "knn_every": 0},
+        method={"queue_length": SWAV_QUEUE, "queue_start_epoch": 0},
+    )
+    train = {"threads": 1, "max_steps_per_epoch": 3, "device": "cpu"}
+    out: dict[str, object] = {}
+    try:
+        run = collapselab.train("swav", "digits", train={**train, "epochs": 2},
+                                run={"name": "straight", "out_dir": str(out_dir)}, **sections)
+        out["straight"] = {k: v.detach().clone() for k, v in run.method.state_dict().items()}
+        Trainer._save = save_then_interrupt
+        try:
+            collapselab.train("swav", "digits", train={**train, "epochs": 2},
+                              run={"name": "resumed", "out_dir": str(out_dir)}, **sections)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            Trainer._save = save
+        distributed.barrier()  # rank 0 has written the checkpoint the resume reads
+        run = collapselab.train(resume=out_dir / "resumed")
+        out["resumed"] = {k: v.detach().clone() for k, v in run.method.state_dict().items()}
+    except Exception as err:  # reported to the parent, which fails with it
+        return {"error": f"{type(err).__name__}: {err}"}
+    return out
+
+
 def ddp_steps_on_rank(rank: int) -> dict[str, object]:
     """One DDP step per method, without BatchNorm and with SyncBatchNorm."""
     local = [v[rank * N : (rank + 1) * N] for v in fixed_views()]
@@ -150,6 +197,7 @@ def worker(out_dir: Path) -> None:
         "trainer_budget": train_on_rank(out_dir / "budget", rank, sync_bn=False, budget="2s"),
     }
     assert distributed.init_from_env(timeout_s=TIMEOUT_S)  # already up: train() started it
+    results["swav_resume"] = swav_resume_on_rank(out_dir / "swav")
     results["steps"] = ddp_steps_on_rank(rank)
     torch.save(results, out_dir / f"rank{rank}.pt")
     distributed.barrier()
@@ -236,6 +284,30 @@ def test_trainer_ddp_with_sync_bn_on_cpu_fails_fast_with_a_config_error(ranks):
         assert error.startswith("InputError") and "distributed.sync_bn" in error, (
             f"rank {r}: {error}"
         )
+
+
+def test_trainer_ddp_resume_continues_every_rank_exactly(ranks):
+    """Each rank's random stream and its own SwAV queue are in the checkpoint: a run interrupted
+    after epoch 1 and resumed ends with the same state, on each rank, as 2 epochs straight (the
+    resume used to give every rank rank 0's random stream and queue)."""
+    results = trained(ranks[1], "swav_resume")
+    for r, res in enumerate(results):
+        assert res["straight"]["queue"].shape[1] == SWAV_QUEUE // WORLD
+        assert_states_equal(res["straight"], res["resumed"], f"rank {r}: straight and resumed states")
+
+
+def test_trainer_ddp_keeps_each_ranks_swav_queue_its_own(ranks):
+    """The queue is per rank (its own images' embeddings): the end-of-epoch buffer sync that gives
+    every rank rank 0's BatchNorm statistics must leave it alone, so no row is shared."""
+    results = trained(ranks[1], "swav_resume")
+    queues = [res["straight"]["queue"] for res in results]
+    assert int(results[0]["straight"]["queue_filled"]) == SWAV_QUEUE // WORLD  # full: no zero rows
+    params = [{k: v for k, v in res["straight"].items() if not k.startswith("queue") and not is_buffer(k)}
+              for res in results]
+    assert_states_equal(params[0], params[1], "parameters")
+    for crop in range(queues[0].shape[0]):
+        shared = (queues[0][crop][:, None, :] == queues[1][crop][None, :, :]).all(-1).any(1)
+        assert not shared.any(), f"crop {crop}: {int(shared.sum())} of rank 0's queue rows are also rank 1's"
 
 
 # --------------------------------------------------------------------------- one step = full batch

@@ -385,18 +385,42 @@ class Trainer:
             "augment_backend": self.augment_backend,
         }
 
+    def _per_rank_buffers(self) -> set[str]:
+        """Buffers each rank keeps its own of, by design (those the method tells DDP to leave
+        alone, e.g. SwAV's feature queue): never broadcast, saved and restored per rank."""
+        return set(getattr(self.method, "_ddp_params_and_buffers_to_ignore", ()))
+
     def _sync_buffers(self) -> None:
-        """Rank 0's buffers (BN running statistics, EMA target's, queues) on every rank: DDP only
-        broadcasts them at the start of a forward, so after an epoch each rank holds its own."""
+        """Rank 0's buffers (BN running statistics, EMA target's) on every rank: DDP only
+        broadcasts them at the start of a forward, so after an epoch each rank holds its own.
+        Per-rank buffers (:meth:`_per_rank_buffers`) are left as they are."""
         if self.is_distributed:
-            for buffer in self.method.buffers():
-                torch.distributed.broadcast(buffer, src=0)
+            own = self._per_rank_buffers()
+            for name, buffer in self.method.named_buffers():
+                if name not in own:
+                    torch.distributed.broadcast(buffer, src=0)
+
+    def _gather_rank_states(self) -> list[dict[str, Any]] | None:
+        """Every rank's random streams and per-rank buffers, on every rank (a collective: all
+        ranks call it), so that a resumed multi-rank run continues each rank exactly; None in a
+        single process (the checkpoint's ``rng`` and ``model`` already hold everything)."""
+        if not self.is_distributed:
+            return None
+        own = self._per_rank_buffers()
+        mine = {"rng": _capture_rng(self.generator),
+                "buffers": {n: b.detach().cpu().clone() for n, b in self.method.named_buffers() if n in own}}
+        states: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(states, mine)
+        return states
 
     def _save(self) -> None:
         self._sync_buffers()
+        ranks = self._gather_rank_states()
         if not self.main:
             return
         state = self._state()
+        if ranks is not None:
+            state["ranks"] = ranks
         self.spectra.save(self.folder.spectra_path)  # before last.pt: a resume trims it to its step
         save_checkpoint(self.checkpoint_dir / LAST, state)
         if self.epoch in self._kept_epochs():
@@ -414,8 +438,15 @@ class Trainer:
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
         saved = state.get("config") or {}
+        model, per_rank = dict(state["model"]), self._per_rank_buffers() & state["model"].keys()
+        # a single process's checkpoint: its model and rng are that one rank's
+        ranks = state.get("ranks") or [{"rng": state["rng"], "buffers": {n: model[n] for n in per_rank}}]
+        mine = ranks[self.rank] if len(ranks) == self.world else None
+        for name in per_rank:
+            # this rank's own (a checkpoint of another world size has none: start it empty)
+            model[name] = mine["buffers"][name] if mine is not None else torch.zeros_like(model[name])
         try:
-            self.method.load_state_dict(state["model"])
+            self.method.load_state_dict(model)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError) as err:
@@ -433,7 +464,14 @@ class Trainer:
                 f"{self.total_steps} ({self.num_epochs} epochs); a resumed run can only go on: raise "
                 "train.epochs (or train.steps)")
         self.images_seen, self.train_time = int(state["images_seen"]), float(state["train_time"])
-        _restore_rng({k: v.cpu() for k, v in state["rng"].items()}, self.generator)
+        _restore_rng({k: v.cpu() for k, v in (mine or ranks[0])["rng"].items()}, self.generator)
+        if mine is None:  # another world size: each rank past rank 0 starts a fresh random stream
+            if self.rank:
+                self.generator.manual_seed(self.config.train.seed * 1000 + self.rank + 1 + 1_000_003 * self.global_step)
+            if self.main:
+                print(f"warning: {path} was written by {len(ranks)} process(es) and is resumed by {self.world}; "
+                      "the run continues, but not bit-identically to an uninterrupted run (each rank's random "
+                      "stream and per-rank buffers restart)", file=sys.stderr)
         self.monitor.load_state_dict(state["monitor"])
         saved = state.get("augment_backend")
         if saved is not None and saved != self.augment_backend and self.main:

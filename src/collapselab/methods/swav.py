@@ -84,8 +84,9 @@ class SwAV(SSLMethod):
     Distributed: Sinkhorn sums over every rank's rows (:func:`collapselab.losses.swav_assignments`).
     The queue is per rank, as the official code's (each rank keeps ``queue_length`` / W rows of
     its own batches, so the Sinkhorn input is the same set of rows as one process with the
-    global batch and the whole queue); it is excluded from DDP's buffer broadcast. A checkpoint
-    holds rank 0's queue, so a resumed multi-rank run empties the queue and refills it.
+    global batch and the whole queue); it is excluded from DDP's buffer broadcast and from the
+    trainer's end-of-epoch one, and a checkpoint keeps every rank's queue (resumed on the same
+    number of ranks, each gets its own back; on another number they start empty and refill).
     """
 
     name: ClassVar[str] = "swav"
@@ -230,10 +231,6 @@ class SwAV(SSLMethod):
             self.queue = torch.zeros_like(state_dict[key], device=self.queue.device, dtype=self.queue.dtype)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._queue_rows = int(self.queue_filled)
-        if distributed.get_world_size() > 1:  # the checkpoint holds rank 0's queue: refill
-            self.queue.zero_()
-            self.queue_filled.zero_()
-            self._queue_rows = 0
 
     # ---- monitor --------------------------------------------------------------------------
 
