@@ -138,3 +138,113 @@ def test_npz_with_several_unnamed_arrays_asks_for_key(tmp_path: Path, capsys) ->
     assert code == 2 and "--key" in err
     code, _, err = _run(capsys, str(tmp_path / "many.npz"), "--key", "c")
     assert code == 2 and "no array named 'c'" in err
+
+
+# --- the band mode (--band, --reference-band) ----------------------------------------------------
+
+
+def _spread(z: np.ndarray) -> float:
+    """The RMS per-dimension standard deviation of the rows (the band mode's ``band_spread``)."""
+    return float(np.sqrt(((z - z.mean(axis=0)) ** 2).mean()))
+
+
+@pytest.mark.parametrize(
+    ("scale", "shape", "expected"),
+    [(1.0, "per_input", "healthy"), (1e-6, "per_dim", "collapsed")],
+)
+def test_band_verdict_matches_the_library(
+    tmp_path: Path, embeddings: np.ndarray, scale: float, shape: str, expected: str, capsys
+) -> None:
+    from collapselab.diagnostics import diagnose
+
+    n, d = embeddings.shape
+    sigma = np.full(n if shape == "per_input" else (n, d), scale * _spread(embeddings))
+    np.save(tmp_path / "z.npy", embeddings)
+    np.save(tmp_path / "band.npy", sigma)
+    library = diagnose(embeddings, band=sigma).verdict["band"]
+    assert library == expected  # the clear-cut cases: as wide as the spread, a millionth of it
+    code, out, err = _run(capsys, str(tmp_path / "z.npy"), "--band", str(tmp_path / "band.npy"))
+    assert code == 0, err
+    band_line = next(line for line in out.splitlines() if line.strip().startswith("band "))
+    assert band_line.split()[1] == library
+    code, _, _ = _run(capsys, str(tmp_path / "z.npy"), "--band", str(tmp_path / "band.npy"), "--fail-on", "collapsed")
+    assert code == (1 if expected == "collapsed" else 0)
+
+
+def test_band_in_json_output(tmp_path: Path, embeddings: np.ndarray, capsys) -> None:
+    sigma = np.full(len(embeddings), 1e-6 * _spread(embeddings))
+    np.save(tmp_path / "z.npy", embeddings)
+    np.save(tmp_path / "band.npy", sigma)
+    code, out, err = _run(capsys, str(tmp_path / "z.npy"), "--band", str(tmp_path / "band.npy"), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["verdict"]["band"] == "collapsed"
+    assert result["metrics"]["band_width_ratio"] == pytest.approx(1e-6, rel=1e-6)
+    assert "band" in result["reasons"]
+    _, out, _ = _run(capsys, str(tmp_path / "z.npy"), "--json")
+    assert "band" not in json.loads(out)["verdict"]  # absent without --band
+
+
+@pytest.mark.parametrize(
+    ("band", "message"),
+    [
+        (np.ones(10), "band: expected shape (200,)"),  # 10 rows for 200 embeddings
+        (-np.ones(200), "widths must be >= 0"),
+        (np.r_[np.nan, np.ones(199)], "non-finite"),
+        (None, "no such file"),
+    ],
+)
+def test_bad_band_exits_2_with_one_line(
+    tmp_path: Path, embeddings: np.ndarray, band: np.ndarray | None, message: str, capsys
+) -> None:
+    np.save(tmp_path / "z.npy", embeddings)
+    if band is not None:
+        np.save(tmp_path / "band.npy", band)
+    code, out, err = _run(capsys, str(tmp_path / "z.npy"), "--band", str(tmp_path / "band.npy"))
+    assert code == 2 and out == ""
+    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err
+    assert message in err
+
+
+def test_reference_band_needs_reference(tmp_path: Path, embeddings: np.ndarray, capsys) -> None:
+    np.save(tmp_path / "z.npy", embeddings)
+    np.save(tmp_path / "band.npy", np.ones(len(embeddings)))
+    code, out, err = _run(
+        capsys, str(tmp_path / "z.npy"), "--band", str(tmp_path / "band.npy"), "--reference-band", str(tmp_path / "band.npy")
+    )
+    assert code == 2 and out == ""
+    assert err.startswith("error:") and err.count("\n") == 1 and "--reference" in err
+
+
+def test_band_judged_against_the_reference_band(tmp_path: Path, embeddings: np.ndarray, capsys) -> None:
+    from collapselab.diagnostics import diagnose
+
+    sigma = np.full(len(embeddings), 0.5 * _spread(embeddings))  # healthy against the spread alone
+    np.save(tmp_path / "z.npy", embeddings)
+    np.save(tmp_path / "band.npy", sigma)
+    np.save(tmp_path / "ref_band.npy", 1000 * sigma)  # the same embeddings, a band 1000x wider
+    args = (str(tmp_path / "z.npy"), "--band", str(tmp_path / "band.npy"), "--json")
+    code, out, _ = _run(capsys, *args)
+    assert code == 0 and json.loads(out)["verdict"]["band"] == "healthy"
+    code, out, err = _run(
+        capsys, *args, "--reference", str(tmp_path / "z.npy"), "--reference-band", str(tmp_path / "ref_band.npy")
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    library = diagnose(embeddings, band=sigma, reference=diagnose(embeddings, band=1000 * sigma))
+    assert result["verdict"]["band"] == library.verdict["band"] != "healthy"
+    assert result["verdict"]["band"] == "collapsed"  # 1e-3 of the reference's width, under 1e-2
+    assert result["metrics"]["band_width_vs_reference"] == pytest.approx(1e-3)
+    np.save(tmp_path / "short.npy", np.ones(3))
+    code, _, err = _run(
+        capsys, *args, "--reference", str(tmp_path / "z.npy"), "--reference-band", str(tmp_path / "short.npy")
+    )
+    assert code == 2 and err.startswith("error: reference: band:") and err.count("\n") == 1
+
+
+def test_demo_footer_lists_the_modes_present(capsys) -> None:
+    code, out, _ = _run(capsys, "--demo")
+    assert code == 0
+    footer = out[out.index("verdicts ("):].splitlines()
+    assert footer[0] == "verdicts (complete / dimensional / cluster / intracluster):"  # no band in the demo
+    assert all(len(line.split(" / ")) == 4 for line in footer[1:])

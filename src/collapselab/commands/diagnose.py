@@ -16,8 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="measure collapse of saved embeddings (.npy, .npz, .pt, .csv)",
         description=(
             "Measure complete, dimensional, cluster and intracluster collapse of an (N, D) "
-            "embedding matrix and print a verdict per mode. Exit 0 when done, 1 when "
-            "--fail-on is reached, 2 on bad input."
+            "embedding matrix and print a verdict per mode; given --band (the uncertainty band "
+            "sigma of each row), also band collapse: the band's width against the spread of the "
+            "embedding. Exit 0 when done, 1 when --fail-on is reached, 2 on bad input."
         ),
     )
     parser.add_argument("file", nargs="?", help="embeddings: .npy, .npz, .pt/.pth or .csv/.txt, shape (N, D)")
@@ -26,6 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--codes", metavar="FILE", help="(N,) code assignments or (N, c) code probabilities")
     parser.add_argument("--labels", metavar="FILE", help="(N,) labels defining clusters (intracluster mode)")
     parser.add_argument("--reference", metavar="FILE", help="embeddings of a reference state, e.g. at initialisation")
+    parser.add_argument(
+        "--band", metavar="FILE", help="(N,) or (N, D) uncertainty band widths sigma >= 0 of the N rows (band mode)"
+    )
+    parser.add_argument(
+        "--reference-band", metavar="FILE",
+        help="the band of the --reference embeddings: the band mode then also judges its fall from the reference",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
         "--fail-on", choices=("warning", "collapsed"), help="exit with status 1 if any mode reaches this level"
@@ -36,8 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from collapselab.diagnostics import LEVELS, diagnose
+    from collapselab.diagnostics import LEVELS, MODES, diagnose
     from collapselab.diagnostics.io import load_array
+    from collapselab.diagnostics.verdict import NOT_APPLICABLE
 
     try:
         if args.demo:
@@ -46,17 +55,27 @@ def run(args: argparse.Namespace) -> int:
             if not args.file:
                 print("error: give an embeddings FILE, or --demo", file=sys.stderr)
                 return EXIT_USAGE
+            if args.reference_band and not args.reference:
+                print("error: --reference-band needs --reference (the embeddings that band belongs to)", file=sys.stderr)
+                return EXIT_USAGE
             z = load_array(args.file, args.key)
             optional = {
                 name: load_array(path)
-                for name, path in (("views", args.views), ("codes", args.codes), ("labels", args.labels))
+                for name, path in (
+                    ("views", args.views), ("codes", args.codes), ("labels", args.labels), ("band", args.band)
+                )
                 if path
             }
             if args.reference:
-                optional["reference"] = diagnose(load_array(args.reference, args.key))
+                reference = load_array(args.reference, args.key)
+                reference_band = load_array(args.reference_band) if args.reference_band else None
+                try:
+                    optional["reference"] = diagnose(reference, band=reference_band)
+                except InputError as err:
+                    raise InputError(f"reference: {err}") from err
             results = {args.file: diagnose(z, **optional)}
     except (InputError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)  # one line
         return EXIT_USAGE
 
     if args.json:
@@ -66,9 +85,10 @@ def run(args: argparse.Namespace) -> int:
         for name, d in results.items():
             print(f"== {name}\n{d}\n")
         if args.demo:
-            print("verdicts (complete / dimensional / cluster / intracluster):")
+            modes = [m for m in MODES if any(m in d.verdict for d in results.values())]
+            print(f"verdicts ({' / '.join(modes)}):")
             for name, d in results.items():
-                print(f"  {name:<12} " + " / ".join(d.verdict[m] for m in d.verdict))
+                print(f"  {name:<12} " + " / ".join(d.verdict.get(m, NOT_APPLICABLE) for m in modes))
     if args.fail_on:
         threshold = LEVELS.index(args.fail_on)
         if any(LEVELS.index(d.worst) >= threshold for d in results.values()):
