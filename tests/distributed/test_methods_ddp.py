@@ -19,20 +19,25 @@ see ``test_trainer_ddp.py``) each rank's BatchNorm normalises with the mean and 
 own* N rows, and updates its running statistics from them; so a DDP step with BatchNorm is *not*
 the single-process step on the global batch (whose BatchNorm uses the statistics of all 2N rows).
 It is exactly the single-process step on the global batch in which every BatchNorm normalises
-rows [0, N) and [N, 2N) separately (each half with its own batch statistics and its own copy of
+rank r's rows separately (each rank's rows with their own batch statistics and their own copy of
 the running statistics), everything else (the loss, with its gathers and all-reduces) seeing the
-whole batch. That is reference (a), built by :func:`split_batchnorm`. Its parameters after the
-step are the same for both ranks; its running statistics are those of rank r's half, so the
-reference state for rank r takes the running statistics of half r (and MoCo's EMA target, which
-copies the online buffers in ``after_step``, copies those of half r, as rank r does).
+whole batch. Rank r's rows of one view are rows [rN, (r+1)N) of the global view; DINO and SwAV
+run V views concatenated through one forward (a rank's BatchNorm sees V·N rows: its rows of
+every view), so a BatchNorm input of V·WN rows is V blocks of WN, and rank r's rows are
+[vWN + rN, vWN + (r+1)N) for every block v (V = 1: the plain halves). That is reference (a),
+built by :func:`split_batchnorm`. Its parameters after the step are the same for both ranks;
+its running statistics are those of rank r's rows, so the reference state for rank r takes the
+running statistics of rank r (and MoCo's EMA target, which copies the online buffers in
+``after_step``, copies those of rank r, as rank r does; DINO's EMA teacher keeps its own
+BatchNorm statistics, from its own per-rank forwards).
 
 So the checks are:
 
-- no BatchNorm anywhere (VICReg, MoCo, Composite; FALCON's projector BN is mandatory): the DDP
-  step equals the plain single-process global-batch step;
-- BatchNorm in the backbone and in the projector (all four): the DDP step equals reference (a),
+- no BatchNorm anywhere (all but FALCON, whose projector BN is mandatory): the DDP step equals
+  the plain single-process global-batch step;
+- BatchNorm in the backbone and in the projector / head (all six): the DDP step equals reference (a),
   parameters and buffers, on both ranks; and (b), the documented difference: it does *not* equal
-  the single-process step with full-batch BatchNorm (so the half-batch reference is not vacuous),
+  the single-process step with full-batch BatchNorm (so the per-rank reference is not vacuous),
   and the two ranks end with different running statistics.
 """
 
@@ -57,10 +62,7 @@ LR = 0.1
 TIMEOUT_S = 30.0
 METHODS = ("vicreg", "moco", "falcon", "composite", "dino", "swav")
 NO_BN_METHODS = ("vicreg", "moco", "composite", "dino", "swav")  # FALCON refuses projector_bn=false
-# DINO and SwAV run their crops through one concatenated forward, so a rank's BatchNorm sees its
-# rows of every crop; the half-batch reference below splits the global concatenation by position
-# instead, so those two are checked without BatchNorm (their losses' communication is the point)
-BN_METHODS = ("vicreg", "moco", "falcon", "composite")
+BN_METHODS = ("vicreg", "moco", "falcon", "composite", "dino", "swav")
 ATOL = RTOL = 1e-10
 HEADS = ("projector.", "head.")  # DINO registers its head (MLP + last layer) as ``head``
 
@@ -142,14 +144,20 @@ def worker(out_dir: Path) -> None:
 
 
 def _forward_by_rank(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm of each rank's rows with their own batch statistics and running statistics."""
+    """BatchNorm of each rank's rows with their own batch statistics and running statistics.
+
+    ``x`` is V views of the global batch concatenated (V = 1 but for DINO's and SwAV's multi-crop
+    forwards): (V·W·N, ...) seen as (V, W, N, ...), rank r's rows are [:, r], the V·N rows that
+    rank r's own concatenated forward feeds this BatchNorm."""
     assert self.training and self.track_running_stats and self.momentum is not None
+    assert x.shape[0] % (WORLD * N) == 0, f"{x.shape[0]} rows are not views of the global batch"
+    blocks = x.unflatten(0, (-1, WORLD, N))  # (V, W, N, ...)
     out = []
-    for rows, stats in zip(x.chunk(WORLD), self.per_rank_stats, strict=True):
+    for r, stats in enumerate(self.per_rank_stats):
         stats["num_batches_tracked"].add_(1)
         out.append(
             F.batch_norm(
-                rows,
+                blocks[:, r].flatten(0, 1),
                 stats["running_mean"],
                 stats["running_var"],
                 self.weight,
@@ -157,9 +165,9 @@ def _forward_by_rank(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> 
                 True,
                 self.momentum,
                 self.eps,
-            )
+            ).unflatten(0, (-1, N))
         )
-    return torch.cat(out)
+    return torch.stack(out, dim=1).flatten(0, 2)  # back to (V·W·N, ...), the input's row order
 
 
 def split_batchnorm(method: nn.Module) -> None:
@@ -185,7 +193,7 @@ def reference(name: str, bn: bool, per_rank_bn: bool) -> list[dict[str, torch.Te
     for r in range(WORLD):
         rank_method = copy.deepcopy(method)
         if per_rank_bn:
-            for module in batchnorms(rank_method):  # rank r's running statistics are half r's
+            for module in batchnorms(rank_method):  # rank r's running statistics are those of its rows
                 for key, value in module.per_rank_stats[r].items():
                     getattr(module, key).copy_(value)
         states.append(finish(rank_method))  # MoCo's EMA target copies these buffers
@@ -236,7 +244,7 @@ def test_ddp_step_without_batchnorm_equals_single_process_global_batch_step(rank
 @pytest.mark.parametrize("name", BN_METHODS)
 def test_ddp_step_with_batchnorm_equals_global_batch_step_with_per_rank_batchnorm(ranks, name):
     """Reference (a) of the module doc: parameters equal on both ranks and to the single-process
-    step whose BatchNorms normalise each rank's half separately; running statistics per half."""
+    step whose BatchNorms normalise each rank's rows separately; running statistics per rank."""
     expected = reference(name, bn=True, per_rank_bn=True)
     assert any(k.startswith(HEADS) and is_bn_buffer(k) for k in expected[0]), (
         "no BN in the projector"
@@ -251,7 +259,7 @@ def test_ddp_step_with_batchnorm_equals_global_batch_step_with_per_rank_batchnor
 @pytest.mark.parametrize("name", BN_METHODS)
 def test_ddp_step_with_batchnorm_differs_from_full_batch_batchnorm_step(ranks, name):
     """(b), the documented difference: without SyncBatchNorm, the DDP step is not the step with
-    full-batch BatchNorm statistics, and each rank keeps the running statistics of its own half."""
+    full-batch BatchNorm statistics, and each rank keeps the running statistics of its own rows."""
     full = reference(name, bn=True, per_rank_bn=False)[0]
     got = [ranks[r][f"{name}/bn"] for r in range(WORLD)]
     params = [k for k in full if not is_bn_buffer(k) and k.startswith(("backbone.", *HEADS))]
@@ -259,7 +267,7 @@ def test_ddp_step_with_batchnorm_differs_from_full_batch_batchnorm_step(ranks, n
     assert gap > 1e-6, f"{name}: the DDP step with BatchNorm equals the full-batch-BN step"
     buffers = [k for k in full if k.endswith("running_mean")]
     assert buffers and all(not torch.allclose(got[0][k], got[1][k]) for k in buffers), (
-        "the ranks' running statistics should come from their own halves"
+        "the ranks' running statistics should come from their own rows"
     )
     for k in params:
         assert torch.equal(got[0][k], got[1][k]), f"{name}: ranks' parameters differ at {k}"
