@@ -215,6 +215,17 @@ def test_the_report_gets_the_finished_cells_and_a_failing_report_is_a_warning(
     assert len(warnings) == 1 and "no plots today" in warnings[0] and "\n" not in warnings[0]
 
 
+def test_in_process_cells_write_their_own_report_as_worker_cells_do(tmp_path: Path) -> None:
+    fixed = [*(t for t in TINY if not t.startswith("log.report")), "log.report=true"]
+    sweep = Sweep("byol_digits", axes={"method.predictor": ["mlp", "none"]}, fixed=fixed, out=str(tmp_path), name="s")
+    results = run_sweep(sweep, log=lambda line: None, warn=pytest.fail)
+    assert [r.status for r in results] == ["completed", "completed"]
+    for r in results:
+        html = (r.cell.dir / "report.html").read_text(encoding="utf-8")
+        assert "<svg" in html and r.cell.name in html, f"{r.cell.name}: not its own run report"
+    assert (tmp_path / "s" / "report.html").is_file()  # and the sweep's side-by-side one
+
+
 # --------------------------------------------------------------------------- clusters
 
 

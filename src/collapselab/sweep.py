@@ -518,20 +518,35 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def run_in_process(sweep: Sweep, cell: Cell, resume: bool) -> str | None:
-    """Train ``cell`` here (``collapselab.engine.trainer.train``); the error's first line, or None."""
+def run_in_process(sweep: Sweep, cell: Cell, resume: bool,
+                   warn: Callable[[str], None] | None = None) -> str | None:
+    """Train ``cell`` here (``collapselab.engine.trainer.train``); the error's first line, or None.
+    Writes the cell's own ``report.html`` (``log.report``), as ``collapselab train`` does in a
+    worker; a failing report costs a warning, not the cell."""
     from collapselab.engine.trainer import train
 
     try:
         if resume:
-            train(resume=cell.dir)
+            run = train(resume=cell.dir)
         else:
             base = sweep.base
-            train(base.method, base.dataset, config=base.config_file,
-                  overrides=[*base.overrides, *sweep.fixed, *cell.overrides, *sweep.run_overrides(cell)])
+            run = train(base.method, base.dataset, config=base.config_file,
+                        overrides=[*base.overrides, *sweep.fixed, *cell.overrides, *sweep.run_overrides(cell)])
     except Exception as err:
         return _first_line(err)
+    if run.config.log.report:
+        try:
+            from collapselab.report import write_report
+
+            write_report(run.dir)
+        except Exception as err:  # the cell's run is on disk whatever its report does
+            (warn or _stderr)(f"{cell.name}: report.html not written ({type(err).__name__}: {_first_line(err)}); "
+                              f"retry with `collapselab report {run.dir}`")
     return None
+
+
+def _stderr(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr)
 
 
 def worker_command(sweep: Sweep, cell: Cell, resume: bool, threads: int | None) -> list[str]:
@@ -612,7 +627,7 @@ def run_sweep(
             log(f"[{next(counter)}/{len(todo)}] {'resuming' if resume else 'training'} {cell.name}")
         start = time.perf_counter()
         error = (run_in_worker(sweep, cell, resume, threads) if parallel > 1
-                 else run_in_process(sweep, cell, resume))
+                 else run_in_process(sweep, cell, resume, warn))
         result = cell_state(cell)
         result.action = "resumed" if resume else "ran"
         if error is not None and result.status in (*FINISHED, "missing", "incomplete"):
