@@ -111,6 +111,8 @@ def prediction_loss(predictions: torch.Tensor, targets: torch.Tensor, loss: str 
     This is :func:`collapselab.losses.latent_prediction` without its built-in stop-gradient: the
     caller detaches the targets (an EMA or stop-gradient target) or not (``ema=off``,
     ``stop_gradient=false``, the collapse ablation). Shapes: any, equal. Returns a scalar.
+    Distributed: ``local`` (each rank's mean over its own images, masks and patches; DDP averages
+    the gradients; tests/distributed/test_methods_ddp.py).
     """
     if loss == "l2":
         return F.mse_loss(predictions, targets)
