@@ -74,6 +74,31 @@ def test_the_warmup_delays_an_alarm_but_never_erases_it() -> None:
     assert final["level"] == "collapsed" and final["since"] == 1  # the stretch began inside the warm-up
 
 
+def test_a_loss_most_of_the_way_to_its_collapse_value_ends_the_warmup_early() -> None:
+    """The same collapsed geometry inside a 20-step warm-up: alarmed at once when the loss has
+    covered 90 % of the way to its collapse value (8 % left), held back when it has not (40 %)."""
+    def run(second_loss: float) -> CollapseMonitor:
+        monitor = CollapseMonitor(warmup_steps=20, collapse_loss=0.0)
+        monitor.update(0, {"emb": healthy(0)})
+        monitor.update(5, {"emb": squeezed(5, 1)}, loss=5.0)
+        monitor.update(10, {"emb": squeezed(10, 1)}, loss=second_loss)
+        return monitor
+
+    released = run(0.4)
+    assert released.warmup_ended == 10 and released.warm_until == 10
+    assert [(a.step, a.mode, a.level) for a in released.alarms] == [(10, "dimensional", "collapsed")]
+    assert released.final_verdict()["emb"]["dimensional"]["since"] == 5  # the stretch began before
+    held = run(2.0)
+    assert held.warmup_ended is None and held.alarms == []
+    # kept across a checkpoint, and replayed from recorded metrics and losses alike
+    restored = CollapseMonitor(warmup_steps=20, collapse_loss=0.0)
+    restored.load_state_dict(released.state_dict())
+    assert restored.warm_until == 10
+    record = {"emb": {"steps": released.steps["emb"], "metrics": released.history["emb"]}}
+    again = replay(record, losses=released.losses, collapse_loss=0.0, warmup_steps=20)
+    assert [(a.step, a.mode, a.level) for a in again.alarms] == [(10, "dimensional", "collapsed")]
+
+
 def test_a_run_that_ends_inside_its_warmup_still_gets_its_true_final_verdict() -> None:
     monitor = CollapseMonitor(warmup_steps=100)
     monitor.update(0, {"emb": healthy(0)})

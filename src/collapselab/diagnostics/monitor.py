@@ -33,6 +33,12 @@ monitor saw: it has covered 99 % of the way to the value a collapsed network sco
 first version used 5 %; healthy BYOL without a predictor but with its EMA target, and SimSiam in
 a plain loop, came within 2.6-2.9 % while their kNN stayed above the baselines: for BYOL and
 SimSiam the collapse value is also the loss's minimum.)"""
+WARMUP_RELEASE = 0.1
+"""The warm-up ends early at the first check where the loss has covered 90 % of the way to its
+collapse value (|L − L*| ≤ 10 % of |L₀ − L*|): the early reorganisation the warm-up waits out
+does not take the loss there (the healthy runs of the collapse zoo's calibration half stayed at
+least 26 % of the way away for their whole run), so what the geometry shows from then on is
+reported at once. BYOL without predictor and EMA on digits got there at its second check."""
 PEAK_FALL = 0.15
 """Effective rank below 15 % of its peak over the run (and below where it started): the whole-run
 trend, which a steady-fall window misses when the fall is fast or noisy."""
@@ -60,14 +66,19 @@ class Alarm:
         )
 
 
+def loss_distance_left(losses: list[tuple[int, float]], target: float) -> float:
+    """|L − L*| / |L₀ − L*|: the part of the first loss's distance to ``target`` (the loss at
+    complete collapse) that the last loss has left; inf with fewer than 2 losses or L₀ = L*."""
+    if len(losses) < 2:
+        return math.inf
+    start = abs(losses[0][1] - target)
+    return abs(losses[-1][1] - target) / start if start > 1e-12 else math.inf
+
+
 def loss_at_collapse(losses: list[tuple[int, float]], target: float, fraction: float = LOSS_AT_COLLAPSE) -> bool:
     """True if the last loss has covered all but ``fraction`` of the distance from the first loss
     to ``target`` (the loss at complete collapse)."""
-    if len(losses) < 2:
-        return False
-    first, last = losses[0][1], losses[-1][1]
-    start = abs(first - target)
-    return start > 1e-12 and abs(last - target) <= fraction * start
+    return loss_distance_left(losses, target) <= fraction
 
 
 def falling_trend(values: list[float], window: int, drop: float) -> bool:
@@ -98,7 +109,9 @@ class CollapseMonitor:
         warmup_steps: verdicts at steps below this are recorded in ``levels`` and ``history``
             but raise no alarm and do not count as first unhealthy. Early training can dip
             transiently: healthy VICReg on digits drops its embedding's effective rank from 19 to
-            2.6 at step 20 and recovers (docs/diagnostics.md).
+            2.6 at step 20 and recovers (docs/diagnostics.md). The warm-up ends early when the
+            loss has covered 90 % of the way to ``collapse_loss`` (:data:`WARMUP_RELEASE`;
+            ``warmup_ended`` records the step).
         max_pairwise_samples: passed to :func:`diagnose` (uniformity subsample).
         collapse_loss: the training loss at complete collapse (``SSLMethod.collapse_loss``); with
             the losses passed to :meth:`update`, a loss that has reached it is a complete-collapse
@@ -133,6 +146,7 @@ class CollapseMonitor:
         self.trend_window = trend_window
         self.trend_drop = trend_drop
         self.warmup_steps = warmup_steps
+        self.warmup_ended: int | None = None
         self.max_pairwise_samples = max_pairwise_samples
         self.collapse_loss = collapse_loss
         self.recovery_checks = max(int(recovery_checks), 1)
@@ -148,6 +162,12 @@ class CollapseMonitor:
 
     def should_run(self, step: int) -> bool:
         return step % self.every == 0
+
+    @property
+    def warm_until(self) -> int:
+        """The first step whose verdicts raise alarms: ``warmup_steps``, or earlier where the
+        loss ended the warm-up (:data:`WARMUP_RELEASE`)."""
+        return self.warmup_steps if self.warmup_ended is None else min(self.warmup_steps, self.warmup_ended)
 
     def update(
         self,
@@ -192,6 +212,9 @@ class CollapseMonitor:
         :meth:`update` is :func:`diagnose` followed by this, :func:`replay` feeds recorded ones."""
         if loss is not None and math.isfinite(float(loss)):
             self.losses.append((int(step), float(loss)))
+            if (self.warmup_ended is None and step < self.warmup_steps and self.collapse_loss is not None
+                    and loss_distance_left(self.losses, self.collapse_loss) <= WARMUP_RELEASE):
+                self.warmup_ended = int(step)
         new: list[Alarm] = []
         for name, diag in diagnoses.items():
             if self.use_reference and name not in self.references:
@@ -256,13 +279,13 @@ class CollapseMonitor:
                 (
                     lv
                     for lv, at in zip(reversed(levels[mode]), reversed(steps[:-1]), strict=False)
-                    if lv != NOT_APPLICABLE and at >= self.warmup_steps
+                    if lv != NOT_APPLICABLE and at >= self.warm_until
                 ),
                 "healthy",
             )
             levels[mode].append(level)
             self.verdict_history.setdefault(name, {}).setdefault(mode, []).append(reason)
-            if level in ("warning", "collapsed") and step >= self.warmup_steps:
+            if level in ("warning", "collapsed") and step >= self.warm_until:
                 firsts.setdefault(mode, step)
                 if LEVELS.index(level) > LEVELS.index(previous):
                     alarms.append(Alarm(step, name, mode, level, previous, reason, firsts[mode]))
@@ -317,7 +340,7 @@ class CollapseMonitor:
                 if mode == "band" and all(lv == NOT_APPLICABLE for lv in levels):
                     continue
                 reasons = history.get(mode, [""] * len(levels))
-                judged = [i for i, at in enumerate(steps) if at >= self.warmup_steps] or [len(steps) - 1]
+                judged = [i for i, at in enumerate(steps) if at >= self.warm_until] or [len(steps) - 1]
                 recent = [i for i in judged[-self.recovery_checks:] if levels[i] != NOT_APPLICABLE]
                 if not recent:
                     out[name][mode] = {"level": NOT_APPLICABLE, "since": None, "reason": reasons[-1] if reasons else ""}
@@ -354,6 +377,7 @@ class CollapseMonitor:
             "verdict_history": {k: {m: list(v) for m, v in h.items()} for k, h in self.verdict_history.items()},
             "losses": [list(x) for x in self.losses],
             "collapse_loss": self.collapse_loss,
+            "warmup_ended": self.warmup_ended,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -372,6 +396,8 @@ class CollapseMonitor:
         self.losses = [(int(s), float(v)) for s, v in state.get("losses", [])]
         if state.get("collapse_loss") is not None:
             self.collapse_loss = float(state["collapse_loss"])
+        ended = state.get("warmup_ended")
+        self.warmup_ended = None if ended is None else int(ended)
 
     def summary(self) -> dict[str, Any]:
         """JSON-able summary: latest verdicts and metrics, first unhealthy steps, alarms."""
