@@ -195,7 +195,9 @@ class _Embedding(torch.nn.Module):
 
 def embedding_knn(run: Any, dataset: str, data_dir: Path | None, normalizer: Any) -> dict[str, float]:
     """kNN top-1 (%) of the trained projector output ``emb`` and of the same network untrained
-    (the whole method re-initialised), with the run's k and τ: the ``emb`` outcome."""
+    (the whole method re-initialised), with the run's k and τ. Recorded for reading, not used in
+    the labels: healthy projectors on digits score below raw pixels and near their untrained
+    twin, so a kNN floor cannot label the projector (docs/diagnostics.md, the collapse zoo)."""
     from collapselab.evaluation import evaluate
 
     c = run.config
@@ -469,63 +471,6 @@ def label(record: dict[str, Any]) -> dict[str, Any]:
     return {"collapsed": bool(modes), "modes": modes, "why": "; ".join(why) or "kNN above the baselines"}
 
 
-def label_by_embedding(record: dict[str, Any]) -> dict[str, list[str]]:
-    """Collapse modes per embedding name, each from the kNN of *that* embedding (added after the
-    pre-set labels' results were seen; reported beside them, not instead): ``repr`` collapsed
-    (complete/dimensional) when the backbone's kNN is below both baselines by ``KNN_MARGIN``;
-    ``emb`` when the projector output's kNN is below raw pixels and the untrained projector by
-    it, or the loss (computed on ``emb``) sits at its collapse value; code usage (cluster)
-    applies to every name. Records without ``eval_emb`` and synthetic cases keep :func:`label`."""
-    base = label(record)
-    if record["kind"] == "synthetic" or "eval_emb" not in record:
-        return {name: list(base["modes"]) for name in record["monitor"]}
-    ev, em = record["eval"], record["eval_emb"]
-    cluster = ["cluster"] if "cluster" in base["modes"] else []
-    out = {}
-    for name in record["monitor"]:
-        modes = list(cluster)
-        if name == "repr" and ev["knn_top1"] < min(ev["baseline_pixels"], ev["baseline_random"]) - KNN_MARGIN:
-            modes += ["complete", "dimensional"]
-        if name == "emb":
-            below = em["knn_top1"] < min(ev["baseline_pixels"], em["baseline_random"]) - KNN_MARGIN
-            at_loss = any("collapse value" in why for why in base["why"].split("; "))
-            if below or at_loss:
-                modes += ["complete", "dimensional"]
-        out[name] = modes
-    return out
-
-
-def score_by_embedding(records: list[dict[str, Any]]) -> str:
-    """Recall and false alarms with :func:`label_by_embedding`: a case is collapsed when any of its
-    embeddings is, caught when one of those is flagged in a mode of its label; a healthy case
-    raises a false alarm when any embedding ends warning or collapsed."""
-    halves = split(CASES)
-    counts: dict[str, dict[str, list[bool]]] = {}
-    misses, alarms = [], []
-    for r in records:
-        labels = label_by_embedding(r)
-        monitor = replay(r["monitor"], losses=r.get("losses"), collapse_loss=r.get("collapse_loss"),
-                         warmup_steps=r.get("warmup_steps", 0))
-        final = monitor.final_verdict()
-        flagged = {n: {m for m, v in final[n].items() if v["level"] in ("warning", "collapsed")} for n in final}
-        collapsed = any(labels.values())
-        ok = (any(set(labels[n]) & flagged.get(n, set()) for n in labels) if collapsed
-              else any(flagged.values()))
-        for half in (halves[r["name"]], "all"):
-            counts.setdefault(half, {"pos": [], "neg": []})["pos" if collapsed else "neg"].append(ok)
-        if collapsed and not ok:
-            misses.append(r["name"])
-        if not collapsed and ok:
-            alarms.append(r["name"])
-    lines = ["by embedding (each verdict against its own embedding's kNN; chosen after the pre-set results):"]
-    for half in ("calibrate", "held-out", "all"):
-        if half in counts:
-            pos, neg = counts[half]["pos"], counts[half]["neg"]
-            lines.append(f"  {half:<9}  recall {sum(pos)}/{len(pos)}  false alarms {sum(neg)}/{len(neg)}")
-    lines.append(f"  missed: {', '.join(misses) or '-'}; false alarms: {', '.join(alarms) or '-'}")
-    return "\n".join(lines)
-
-
 def first_knn_drop(record: dict[str, Any]) -> int | None:
     """Step at which the online kNN fell below the baselines for good: the first check of the
     stretch, ending at the last check, with kNN more than KNN_MARGIN below both — provided an
@@ -643,9 +588,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     records = [json.loads(p.read_text()) for p in sorted((args.out / "records").glob("*.json"))]
     rows = score(records)
     print(summarise([r for r in rows if args.half is None or r["half"] == args.half]))
-    if any("eval_emb" in r for r in records):
-        halves = split(CASES)
-        print(score_by_embedding([r for r in records if args.half is None or halves[r["name"]] == args.half]))
     if args.table:
         print(table([r for r in rows if args.half is None or r["half"] == args.half]))
     return rows

@@ -35,25 +35,6 @@ def test_outcome_labels_follow_knn_loss_and_code_usage_not_the_monitor() -> None
     assert codes["collapsed"] and codes["modes"] == ["cluster"]
 
 
-def test_labels_by_embedding_judge_each_embedding_by_its_own_knn() -> None:
-    names = {"monitor": {"repr": {}, "emb": {}}}
-    # the projector's kNN fell below raw pixels and its untrained self, the backbone's did not
-    projector_only = _trained(97.0, [[5, 1.0], [10, 0.5]], 0.0,
-                              eval_emb={"knn_top1": 40.0, "baseline_random": 93.0}, **names)
-    assert not zoo.label(projector_only)["collapsed"]  # the pre-set label looks at the backbone
-    assert zoo.label_by_embedding(projector_only) == {"repr": [], "emb": ["complete", "dimensional"]}
-    healthy = _trained(97.0, [[5, 1.0], [10, 0.5]], 0.0, eval_emb={"knn_top1": 95.0, "baseline_random": 93.0},
-                       **names)
-    assert zoo.label_by_embedding(healthy) == {"repr": [], "emb": []}
-    # the loss is computed on emb: at its collapse value it labels emb, not repr
-    at_value = _trained(97.0, [[5, 5.0], [10, 0.04]], 0.0, eval_emb={"knn_top1": 95.0, "baseline_random": 93.0},
-                        **names)
-    assert zoo.label_by_embedding(at_value) == {"repr": [], "emb": ["complete", "dimensional"]}
-    # without a recorded projector kNN (older records) every name keeps the pre-set label
-    old = _trained(94.0, [[5, 1.0], [10, 0.5]], 0.0, **names)
-    assert zoo.label_by_embedding(old) == {"repr": ["complete", "dimensional"], "emb": ["complete", "dimensional"]}
-
-
 def test_the_split_alternates_within_each_group_by_name() -> None:
     halves = zoo.split(zoo.CASES)
     assert len(zoo.CASES) >= 40 and len(halves) == len(zoo.CASES)
