@@ -518,8 +518,7 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def run_in_process(sweep: Sweep, cell: Cell, resume: bool,
-                   warn: Callable[[str], None] | None = None) -> str | None:
+def run_in_process(sweep: Sweep, cell: Cell, resume: bool, warn: Callable[[str], None]) -> str | None:
     """Train ``cell`` here (``collapselab.engine.trainer.train``); the error's first line, or None.
     Writes the cell's own ``report.html`` (``log.report``), as ``collapselab train`` does in a
     worker; a failing report costs a warning, not the cell."""
@@ -535,18 +534,10 @@ def run_in_process(sweep: Sweep, cell: Cell, resume: bool,
     except Exception as err:
         return _first_line(err)
     if run.config.log.report:
-        try:
-            from collapselab.report import write_report
+        from collapselab.report import write_run_report
 
-            write_report(run.dir)
-        except Exception as err:  # the cell's run is on disk whatever its report does
-            (warn or _stderr)(f"{cell.name}: report.html not written ({type(err).__name__}: {_first_line(err)}); "
-                              f"retry with `collapselab report {run.dir}`")
+        write_run_report(run.dir, warn)
     return None
-
-
-def _stderr(line: str) -> None:
-    print(f"warning: {line}", file=sys.stderr)
 
 
 def worker_command(sweep: Sweep, cell: Cell, resume: bool, threads: int | None) -> list[str]:

@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from collapselab import distributed
 
     if distributed.get_rank() == 0:
+        from collapselab.report import write_run_report
+
         html = write_run_report(result.dir) if result.config.log.report else None
         print(report(result.summary, str(result.dir), html))
     if args.fail_on:
@@ -110,18 +112,6 @@ def existing_run(config: Any) -> Any:
         print(f"{folder.path}: already completed; nothing to do (--auto-resume)")
         return "done"
     return folder.path
-
-
-def write_run_report(run_dir: Any) -> Any:
-    """Write ``run_dir/report.html``; a report that fails costs a warning, never the run."""
-    try:
-        from collapselab.report import write_report
-
-        return write_report(run_dir)
-    except Exception as err:  # the run is on disk whatever the report does
-        print(f"warning: report.html not written ({type(err).__name__}: {err}); "
-              f"retry with `collapselab report {run_dir}`", file=sys.stderr)
-        return None
 
 
 def report(summary: dict[str, Any], run_dir: str, html: Any = None) -> str:

@@ -123,6 +123,34 @@ def _first_true(mask: torch.Tensor, k: int) -> torch.Tensor:
     return order[..., :k]
 
 
+def _checked_grid(batch_size: int, grid: int | tuple[int, int]) -> tuple[int, int]:
+    grid = (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
+    if grid[0] < 2 or grid[1] < 2 or batch_size < 1:
+        raise InputError(f"masks: need a grid of at least 2x2 patches and batch_size >= 1, got grid {grid}, "
+                         f"batch_size {batch_size}")
+    return grid
+
+
+def _block_sizes(u: Sequence[float], config: MaskConfig, grid: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The batch's target and context block sizes from four uniform draws ``u`` (scale, aspect
+    ratio of each)."""
+    lo, hi = config.target_scale
+    alo, ahi = config.target_aspect_ratio
+    t_size = block_size(lo + u[0] * (hi - lo), alo + u[1] * (ahi - alo), grid)
+    lo, hi = config.context_scale
+    alo, ahi = config.context_aspect_ratio
+    return t_size, block_size(lo + u[2] * (hi - lo), alo + u[3] * (ahi - alo), grid)
+
+
+def _min_keep_error(config: MaskConfig, grid: tuple[int, int], t_size: tuple[int, int],
+                    c_size: tuple[int, int]) -> InputError:
+    return InputError(
+        f"masks: after {config.max_tries} tries some context blocks keep fewer than min_keep="
+        f"{config.min_keep} patches once the targets are removed (grid {grid}, target block "
+        f"{t_size} x {config.num_targets}, context block {c_size}); use a finer grid, smaller "
+        "target_scale, fewer targets or a lower min_keep")
+
+
 def sample_block_masks(batch_size: int, grid: int | tuple[int, int], config: MaskConfig | None = None,
                        generator: torch.Generator | None = None,
                        device: str | torch.device | None = None) -> BlockMasks:
@@ -132,22 +160,13 @@ def sample_block_masks(batch_size: int, grid: int | tuple[int, int], config: Mas
     Randomness comes from ``generator`` (on ``device``; default: the generator's device).
     """
     config = config or MaskConfig()
-    grid = (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
-    if grid[0] < 2 or grid[1] < 2 or batch_size < 1:
-        raise InputError(f"masks: need a grid of at least 2x2 patches and batch_size >= 1, got grid {grid}, "
-                         f"batch_size {batch_size}")
+    grid = _checked_grid(batch_size, grid)
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     device = torch.device(device)
     if generator is not None and torch.device(generator.device).type != device.type:
         raise InputError(f"masks: generator on {generator.device} but device {device}")
-    u = torch.rand(4, generator=generator, device=device).tolist()
-    lo, hi = config.target_scale
-    alo, ahi = config.target_aspect_ratio
-    t_size = block_size(lo + u[0] * (hi - lo), alo + u[1] * (ahi - alo), grid)
-    lo, hi = config.context_scale
-    alo, ahi = config.context_aspect_ratio
-    c_size = block_size(lo + u[2] * (hi - lo), alo + u[3] * (ahi - alo), grid)
+    t_size, c_size = _block_sizes(torch.rand(4, generator=generator, device=device).tolist(), config, grid)
 
     target_mask = _blocks(batch_size, config.num_targets, t_size, grid, generator, device)
     forbidden = target_mask.any(dim=1, keepdim=True)  # (B, 1, P)
@@ -164,11 +183,7 @@ def sample_block_masks(batch_size: int, grid: int | tuple[int, int], config: Mas
         context_mask = torch.where(short[..., None], fresh, context_mask)
     else:
         if bool((context_mask.sum(-1) < config.min_keep).any()):
-            raise InputError(
-                f"masks: after {config.max_tries} tries some context blocks keep fewer than min_keep="
-                f"{config.min_keep} patches once the targets are removed (grid {grid}, target block "
-                f"{t_size} x {config.num_targets}, context block {c_size}); use a finer grid, smaller "
-                "target_scale, fewer targets or a lower min_keep")
+            raise _min_keep_error(config, grid, t_size, c_size)
     k_ctx = int(context_mask.sum(-1).min())
     context = _first_true(context_mask, k_ctx)
     truncated = torch.zeros_like(context_mask).scatter_(-1, context, True)
@@ -208,18 +223,9 @@ def sample_block_masks_numpy(batch_size: int, grid: int | tuple[int, int], confi
     with ``.to(device)``, a host → device copy.
     """
     config = config or MaskConfig()
-    grid = (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
-    if grid[0] < 2 or grid[1] < 2 or batch_size < 1:
-        raise InputError(f"masks: need a grid of at least 2x2 patches and batch_size >= 1, got grid {grid}, "
-                         f"batch_size {batch_size}")
+    grid = _checked_grid(batch_size, grid)
     rng = rng if rng is not None else np.random.default_rng()
-    u = rng.random(4)
-    lo, hi = config.target_scale
-    alo, ahi = config.target_aspect_ratio
-    t_size = block_size(lo + u[0] * (hi - lo), alo + u[1] * (ahi - alo), grid)
-    lo, hi = config.context_scale
-    alo, ahi = config.context_aspect_ratio
-    c_size = block_size(lo + u[2] * (hi - lo), alo + u[3] * (ahi - alo), grid)
+    t_size, c_size = _block_sizes(rng.random(4), config, grid)
 
     target_mask = _blocks_numpy(rng, batch_size, config.num_targets, t_size, grid)
     allowed = ~target_mask.any(axis=1, keepdims=True)  # (B, 1, P)
@@ -236,11 +242,7 @@ def sample_block_masks_numpy(batch_size: int, grid: int | tuple[int, int], confi
         context_mask = np.where(short[..., None], fresh, context_mask)
     else:
         if (context_mask.sum(-1) < config.min_keep).any():
-            raise InputError(
-                f"masks: after {config.max_tries} tries some context blocks keep fewer than min_keep="
-                f"{config.min_keep} patches once the targets are removed (grid {grid}, target block "
-                f"{t_size} x {config.num_targets}, context block {c_size}); use a finer grid, smaller "
-                "target_scale, fewer targets or a lower min_keep")
+            raise _min_keep_error(config, grid, t_size, c_size)
     k_ctx = int(context_mask.sum(-1).min())
     context = _first_true_numpy(context_mask, k_ctx)
     truncated = np.zeros_like(context_mask)

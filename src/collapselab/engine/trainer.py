@@ -267,7 +267,7 @@ class Trainer:
         self.budget: dict[str, Any] | None = None
         self._set_length(c.train.steps if c.train.steps is not None else self.steps_per_epoch * c.train.epochs)
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(c.train.seed * 1000 + self.rank + 1)
+        self.generator.manual_seed(self._stream_seed())
 
         backbone = build_backbone_for(c, channels, height, width)
         self.method = build_method(c.method, backbone).to(self.device)
@@ -385,6 +385,11 @@ class Trainer:
             "augment_backend": self.augment_backend,
         }
 
+    def _stream_seed(self, step: int = 0) -> int:
+        """Seed of this rank's augmentation stream (distinct per rank; ``step`` > 0: a fresh stream
+        started at that step, for a resume on another number of processes)."""
+        return self.config.train.seed * 1000 + self.rank + 1 + 1_000_003 * step
+
     def _per_rank_buffers(self) -> set[str]:
         """Buffers each rank keeps its own of, by design (those the method tells DDP to leave
         alone, e.g. SwAV's feature queue): never broadcast, saved and restored per rank."""
@@ -467,7 +472,7 @@ class Trainer:
         _restore_rng({k: v.cpu() for k, v in (mine or ranks[0])["rng"].items()}, self.generator)
         if mine is None:  # another world size: each rank past rank 0 starts a fresh random stream
             if self.rank:
-                self.generator.manual_seed(self.config.train.seed * 1000 + self.rank + 1 + 1_000_003 * self.global_step)
+                self.generator.manual_seed(self._stream_seed(self.global_step))
             if self.main:
                 print(f"warning: {path} was written by {len(ranks)} process(es) and is resumed by {self.world}; "
                       "the run continues, but not bit-identically to an uninterrupted run (each rank's random "

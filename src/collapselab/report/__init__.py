@@ -9,7 +9,7 @@ from collapselab.report.compare import (
            format_table,
            to_csv,
 )
-from collapselab.report.html import render_report, write_report
+from collapselab.report.html import render_report, write_report, write_run_report
 
 __all__ = ["Comparison", "comparison", "config_differences", "format_table", "render_report", "to_csv",
-           "write_report"]
+           "write_report", "write_run_report"]

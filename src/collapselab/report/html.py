@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,22 @@ def write_report(runs: RunLike | Sequence[RunLike | RunData], out: str | os.Path
             raise InputError(f"{len(data)} runs: say where the report goes (out=...)")
         out = data[0].folder.report_path
     return write_atomic(Path(out), render_report(data, title=title))
+
+
+def write_run_report(run_dir: str | os.PathLike, warn: Callable[[str], None] | None = None) -> Path | None:
+    """:func:`write_report` of one run for a caller that has just trained it: a report that
+    fails costs a warning (``warn``, default: stderr), never the run. The path, or None."""
+    try:
+        return write_report(run_dir)
+    except Exception as err:  # the run is on disk whatever the report does
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        message = (f"warning: {Path(run_dir) / 'report.html'} not written ({type(err).__name__}: {first}); "
+                   f"retry with `collapselab report {run_dir}`")
+        if warn is None:
+            print(message, file=sys.stderr)
+        else:
+            warn(message)
+        return None
 
 
 def render_report(runs: Sequence[RunLike | RunData], *, title: str | None = None) -> str:
