@@ -30,6 +30,7 @@ DEFAULT_DATASET = "digits"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 SWITCHES = ("auto", "on", "off")
 LR_SCALINGS = ("linear", "sqrt", "none")
+PREDICTOR_LR_SCHEDULES = ("cosine", "constant")
 MONITOR_POLICIES = ("warn", "stop")
 
 
@@ -73,7 +74,11 @@ class OptimConfig:
     × lr. BN and bias parameters get no weight decay (and no LARS adaptation) when
     ``exclude_bias_and_norm``. ``grad_clip``: max global gradient norm (null = off). ``eta``:
     LARS trust coefficient; 0.02 as solo-learn's CIFAR recipes (the 0.001 of You et al. 2017 and
-    BYOL is for batch 4096 on ImageNet and barely moves the weights in a short small-data run)."""
+    BYOL is for batch 4096 on ImageNet and barely moves the weights in a short small-data run).
+    ``predictor_lr_ratio``: the predictor's rate as a multiple of the scheduled one;
+    ``predictor_lr_schedule``: ``cosine`` (the warm-up and decay of the rest) or ``constant`` (the
+    base rate × ratio throughout: SimSiam's fixed predictor rate, Chen & He 2021, Sec. 4.2, Table 1).
+    They act on methods with a trained predictor (BYOL, SimSiam, the composite, I-JEPA)."""
 
     name: str = "lars"
     lr: float = 0.3
@@ -86,6 +91,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     exclude_bias_and_norm: bool = True
     grad_clip: float | None = None
+    predictor_lr_ratio: float = 1.0
+    predictor_lr_schedule: str = "cosine"
 
 
 @dataclass
@@ -625,6 +632,10 @@ def validate(config: Config) -> None:
         raise InputError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
     if o.grad_clip is not None:
         _positive(o.grad_clip, "optim.grad_clip")
+    _positive(o.predictor_lr_ratio, "optim.predictor_lr_ratio")
+    if o.predictor_lr_schedule not in PREDICTOR_LR_SCHEDULES:
+        raise InputError(f"optim.predictor_lr_schedule must be one of {', '.join(PREDICTOR_LR_SCHEDULES)}, "
+                         f"got {o.predictor_lr_schedule!r}")
     if t.epochs < 1:
         raise InputError(f"train.epochs must be >= 1, got {t.epochs}")
     if t.steps is not None and (isinstance(t.steps, bool) or not isinstance(t.steps, int) or t.steps < 1):

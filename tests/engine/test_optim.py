@@ -124,6 +124,22 @@ def test_parameter_groups_without_exclusion_and_shared_parameters() -> None:
     assert [g["name"] for g in only_weights] == ["decay"]  # empty no_decay group dropped
 
 
+def test_parameter_groups_give_the_predictor_groups_of_its_own() -> None:
+    """predictor_prefix: the parameters named under it, and only they, go to predictor groups
+    with the same decay rule; without it the groups are the two of before."""
+    net = nn.ModuleDict({"backbone": _Net(), "predictor": nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))})
+    groups = parameter_groups(net, weight_decay=1e-4, predictor_prefix="predictor.")
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == {"decay", "no_decay", "predictor_decay", "predictor_no_decay"}
+    pred = net["predictor"]
+    assert {id(p) for p in by_name["predictor_decay"]["params"]} == {id(pred[0].weight)}
+    assert {id(p) for p in by_name["predictor_no_decay"]["params"]} == {id(pred[0].bias), id(pred[1].weight), id(pred[1].bias)}
+    assert all(g.get("predictor", False) == g["name"].startswith("predictor") for g in groups)
+    assert by_name["predictor_decay"]["weight_decay"] == 1e-4 and by_name["predictor_no_decay"]["lars_exclude"]
+    assert not {id(p) for p in pred.parameters()} & {id(p) for g in groups[:2] for p in g["params"]}
+    assert [g["name"] for g in parameter_groups(net, 1e-4)] == ["decay", "no_decay"]
+
+
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_build_optimizer_groups_and_types(name: str) -> None:
     net = _Net()

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import collapselab
+from collapselab._validation import InputError
 from collapselab.config import load_config
 from collapselab.engine.trainer import Trainer
 from collapselab.methods import build_method
@@ -150,6 +151,45 @@ def test_min_lr_ratio_sets_the_end_of_the_cosine(tmp_path: Path) -> None:
     without_floor = peak * cosine
     assert logged[-1] - without_floor == pytest.approx(ratio * (peak - without_floor), rel=1e-9)
     assert min(logged[warmup:]) > ratio * peak  # never below the floor
+
+
+@pytest.mark.parametrize(("ratio", "rule"), [(3.0, "constant"), (0.5, "cosine")])
+def test_predictor_rate_is_its_own_multiple_of_the_schedule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ratio: float, rule: str
+) -> None:
+    """optim.predictor_lr_ratio r and predictor_lr_schedule: the predictor's groups run at r·base
+    from the first step (constant: SimSiam's fixed predictor rate) or at r·lr(s) (cosine), the
+    rest at lr(s); read from the optimiser at every step, and the predictor's parameters (and only
+    they) are in those groups."""
+    base, epochs, warmup_epochs = 0.4, 3, 1
+    rates: list[tuple[float, float]] = []
+    original_step = Trainer._step
+
+    def recording_step(self: Trainer, images: torch.Tensor) -> None:
+        original_step(self, images)
+        own = {g.get("predictor", False): g["lr"] for g in self.optimizer.param_groups}
+        rates.append((own[False], own[True]))
+        pred = {id(p) for p in self.method.predictor.parameters()}
+        for g in self.optimizer.param_groups:
+            assert all((id(p) in pred) == bool(g.get("predictor")) for p in g["params"])
+
+    monkeypatch.setattr(Trainer, "_step", recording_step)
+    collapselab.train("simsiam", "digits", **tiny(
+        tmp_path, f"pred_{rule}", train={"epochs": epochs},
+        optim={"lr": base, "lr_scaling": "none", "warmup_epochs": warmup_epochs,
+               "predictor_lr_ratio": ratio, "predictor_lr_schedule": rule}))
+    total, warmup = epochs * STEPS_PER_EPOCH, warmup_epochs * STEPS_PER_EPOCH
+    expected = [schedule(s, total, warmup, base, 0.0) for s in range(total)]
+    assert [r[0] for r in rates] == pytest.approx(expected, rel=1e-12)
+    own = [ratio * base] * total if rule == "constant" else [ratio * e for e in expected]
+    assert [r[1] for r in rates] == pytest.approx(own, rel=1e-12)
+
+
+def test_predictor_rate_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="predictor_lr_schedule must be one of"):
+        collapselab.train("byol", "digits", **tiny(tmp_path, "bad", optim={"predictor_lr_schedule": "fixed"}))
+    with pytest.raises(InputError, match="predictor_lr_ratio"):
+        collapselab.train("byol", "digits", **tiny(tmp_path, "bad2", optim={"predictor_lr_ratio": 0}))
 
 
 # --------------------------------------------------------------------------- train.amp

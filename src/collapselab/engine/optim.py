@@ -46,7 +46,10 @@ def _check_hyperparameters(
 
 
 def parameter_groups(
-    module: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True
+    module: nn.Module,
+    weight_decay: float,
+    exclude_bias_and_norm: bool = True,
+    predictor_prefix: str | None = None,
 ) -> list[dict[str, Any]]:
     """Split the trainable parameters of ``module`` into optimiser parameter groups.
 
@@ -56,18 +59,33 @@ def parameter_groups(
     without it, all go to ``"decay"``. Frozen parameters (``requires_grad=False``) are left out,
     shared parameters appear once, empty groups are dropped. The ``ndim <= 1`` rule is the one of
     SimCLR / BYOL / Barlow Twins (``exclude_bias_and_norm``).
+
+    With ``predictor_prefix`` (e.g. ``"predictor."``), parameters whose name starts with it go to
+    groups of their own, ``"predictor_decay"`` / ``"predictor_no_decay"``, marked
+    ``"predictor": True``, so a trainer can give the predictor its own learning rate (SimSiam's
+    constant predictor rate: Chen & He 2021, Sec. 4.2, Table 1 "lr not decayed"; the official
+    ``--fix-pred-lr``).
     """
     _check_hyperparameters(weight_decay=weight_decay)
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for _, param in module.named_parameters():  # named_parameters yields a shared tensor once
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {
+        (pred, dec): [] for pred in (False, True) for dec in (True, False)
+    }
+    for name, param in module.named_parameters():  # named_parameters yields a shared tensor once
         if not param.requires_grad:
             continue
-        (no_decay if exclude_bias_and_norm and param.ndim <= 1 else decay).append(param)
-    groups = [
-        {"name": "decay", "params": decay, "weight_decay": float(weight_decay), "lars_exclude": False},
-        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
-    ]
+        pred = predictor_prefix is not None and name.startswith(predictor_prefix)
+        buckets[(pred, not (exclude_bias_and_norm and param.ndim <= 1))].append(param)
+    groups = []
+    for (pred, dec), params in buckets.items():
+        group: dict[str, Any] = {
+            "name": ("predictor_" if pred else "") + ("decay" if dec else "no_decay"),
+            "params": params,
+            "weight_decay": float(weight_decay) if dec else 0.0,
+            "lars_exclude": not dec,
+        }
+        if pred:
+            group["predictor"] = True
+        groups.append(group)
     return [g for g in groups if g["params"]]
 
 
@@ -229,12 +247,14 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eta: float = DEFAULT_ETA,
     exclude_bias_and_norm: bool = True,
+    predictor_prefix: str | None = None,
 ) -> torch.optim.Optimizer:
     """Build ``"sgd"`` (momentum SGD), ``"lars"`` or ``"adamw"`` over ``parameter_groups(module)``.
 
     ``momentum`` is used by sgd/lars, ``betas`` by adamw, ``eta`` by lars. Biases and norm
     parameters get no weight decay when ``exclude_bias_and_norm`` (and no LARS adaptation).
-    Raises InputError for an unknown name (with the nearest valid one), out-of-range
+    ``predictor_prefix`` puts the predictor's parameters in groups of their own (see
+    :func:`parameter_groups`). Raises InputError for an unknown name (with the nearest valid one), out-of-range
     hyper-parameters, or a module without trainable parameters.
 
     SGD and AdamW get ``foreach=True`` (multi-tensor kernels, a few launches per step and no host
@@ -254,7 +274,7 @@ def build_optimizer(
     _check_hyperparameters(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta)
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise InputError(f"betas must be two numbers in [0, 1), got {betas}")
-    groups = parameter_groups(module, weight_decay, exclude_bias_and_norm)
+    groups = parameter_groups(module, weight_decay, exclude_bias_and_norm, predictor_prefix)
     if not groups:
         raise InputError(
             f"{type(module).__name__} has no trainable parameters (all have requires_grad=False); "
@@ -280,3 +300,15 @@ def _foreach_kwargs(cls: type[torch.optim.Optimizer]) -> dict[str, Any]:
     except (TypeError, ValueError):  # no introspectable signature: keep torch's default
         return {}
     return {"foreach": True} if "foreach" in accepted else {}
+
+
+def own_predictor_rate(optim: Any) -> bool:
+    """Whether ``optim`` (an ``OptimConfig``) gives the predictor a rate of its own."""
+    return float(optim.predictor_lr_ratio) != 1.0 or optim.predictor_lr_schedule != "cosine"
+
+
+def predictor_rate(optim: Any, scheduled: float, base: float) -> float:
+    """The predictor's rate at a step: ``ratio × scheduled`` (``cosine``) or ``ratio × base``
+    (``constant``: no warm-up and no decay, SimSiam's ``--fix-pred-lr``, Chen & He 2021)."""
+    ratio = float(optim.predictor_lr_ratio)
+    return ratio * (base if optim.predictor_lr_schedule == "constant" else scheduled)

@@ -56,7 +56,7 @@ from collapselab.engine.fastpath import (
     use_channels_last,
 )
 from collapselab.engine.logging import RunLogger, format_epoch_line, progress_bar, read_metrics
-from collapselab.engine.optim import build_optimizer
+from collapselab.engine.optim import build_optimizer, own_predictor_rate, predictor_rate
 from collapselab.engine.readback import StepValues, first_nonfinite
 from collapselab.engine.schedules import warmup_cosine
 from collapselab.engine.threads import ThreadGovernor, available_cpus
@@ -293,6 +293,7 @@ class Trainer:
             c.optim.name, self.method, lr=self.base_lr, weight_decay=c.optim.weight_decay,
             momentum=c.optim.momentum, betas=tuple(c.optim.betas), eta=c.optim.eta,
             exclude_bias_and_norm=c.optim.exclude_bias_and_norm,
+            predictor_prefix="predictor." if own_predictor_rate(c.optim) else None,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
 
@@ -617,7 +618,7 @@ class Trainer:
         lr = warmup_cosine(self.global_step, self.total_steps, self.base_lr, self.warmup_steps,
                            final_value=c.optim.min_lr_ratio * self.base_lr)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = predictor_rate(c.optim, lr, self.base_lr) if group.get("predictor") else lr
         self.method.start_step(self.global_step, self.total_steps, self.steps_per_epoch)
         views = self.augment(images, self.generator)
         if self.channels_last:
@@ -1054,7 +1055,8 @@ def auto_recipe(config: Config) -> tuple[str | None, dict[str, Any], str]:
 
 # keys a resumed run cannot change: the data order, LR scaling, model shape or objective depend on them
 FIXED_ON_RESUME = ("method", "model", "data.dataset", "data.batch_size", "data.augment", "data.normalize",
-                   "optim.name", "optim.lr_scaling", "train.seed")
+                   "optim.name", "optim.lr_scaling", "optim.predictor_lr_ratio", "optim.predictor_lr_schedule",
+                   "train.seed")
 LENGTH_KEYS = ("train.epochs", "train.steps", "train.time_budget")
 
 
