@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from omegaconf import OmegaConf
 import collapselab
 from collapselab._validation import InputError
 from collapselab.config import load_config, parse_duration
-from collapselab.engine.budget import plan_steps
+from collapselab.engine.budget import overrun_note, plan_steps
 from collapselab.engine.fastpath import compile_decision
+from collapselab.engine.trainer import Trainer
 
 torch.set_num_threads(1)
 
@@ -142,3 +144,45 @@ def test_rerun_from_the_saved_config_repeats_the_run(tmp_path: Path) -> None:
     assert again.summary["steps"] == first.summary["steps"]
     a, b = first.method.state_dict(), again.method.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_overrun_note_only_past_the_tolerance() -> None:
+    """Silent up to (1 + tolerance)·budget; past it the note names the cause: setup longer than
+    the budget, or training slower than timed ((used − before) / steps against the plan)."""
+    assert overrun_note(120.0, 131.9, 5.0, 800, 0.12) is None
+    assert overrun_note(120.0, 100.0, 5.0, 800, 0.12) is None
+    note = overrun_note(120.0, 149.0, 9.0, 1000, 0.106)
+    assert note is not None and "149 s of its 120 s budget" in note
+    assert "140 ms/step" in note and "106 ms/step was timed" in note and "1000 planned steps" in note
+    setup = overrun_note(2.0, 9.0, 8.8, 1, 0.1)
+    assert setup is not None and "setup and timing alone took 9 s" in setup and "minimum of 1 step" in setup
+    assert overrun_note(120.0, 125.0, 5.0, 800, 0.12, tolerance=0.0) is not None
+
+
+def test_a_run_that_slows_after_planning_keeps_its_steps_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once the plan is fixed every step sleeps twice its timed length (a machine three times
+    slower): the run still trains the planned steps and, having run far past the budget, prints
+    the overrun note."""
+    original_plan, original_step = Trainer._plan_budget, Trainer._step
+    extra = {"s": 0.0}
+
+    def plan_then_slow(self: Trainer) -> None:
+        original_plan(self)
+        extra["s"] = 2 * self.budget["step_s"]
+
+    def step(self: Trainer, images: torch.Tensor) -> None:
+        original_step(self, images)
+        time.sleep(extra["s"])
+
+    monkeypatch.setattr(Trainer, "_plan_budget", plan_then_slow)
+    monkeypatch.setattr(Trainer, "_step", step)
+    run = collapselab.train("simclr", "digits", **tiny(tmp_path, "slow", time_budget="4s"))
+    plan = run.summary["budget"]
+    assert run.summary["steps"] == plan["steps"]
+    before = plan["setup_s"] + plan["planning_s"]
+    assert plan["time_used_s"] >= before + plan["steps"] * 2 * plan["step_s"]  # the sleeps alone
+    if before < 2.0:  # ≥ 0.97·2 s of planned training, three times as long: ≥ 5.8 s > 1.1·4 s
+        assert plan["time_used_s"] > 4.4
+        assert "of its 4 s budget" in capsys.readouterr().out

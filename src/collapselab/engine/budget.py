@@ -21,7 +21,8 @@ import math
 
 from collapselab.config import parse_duration
 
-__all__ = ["parse_duration", "plan_steps"]
+__all__ = ["overrun_note", "parse_duration", "plan_steps"]
+
 
 def plan_steps(remaining_s: float, step_s: float, steps_per_epoch: int, epoch_overhead_s: float = 0.0,
                margin: float = 0.03) -> int:
@@ -43,3 +44,25 @@ def plan_steps(remaining_s: float, step_s: float, steps_per_epoch: int, epoch_ov
     while s > 1 and cost(s) > available:
         s -= 1
     return s
+
+
+def overrun_note(budget_s: float, used_s: float, before_s: float, steps: int, planned_step_s: float,
+                 tolerance: float = 0.1) -> str | None:
+    """A one-line note when a budgeted run used more than ``(1 + tolerance)·budget_s``, else None.
+
+    ``before_s``: setup and timing, spent before the first planned step. The plan is fixed once
+    (so a rerun with ``train.steps`` is the same run); when setup alone outlasts the budget the
+    run still trains its minimum of one step, and when the machine slows down after the timing
+    the run keeps its steps and schedules and ends late. The realised time per step,
+    ``(used_s − before_s) / steps``, includes the per-epoch costs, so it slightly overstates the
+    step itself.
+    """
+    if budget_s <= 0 or steps < 1 or used_s <= (1.0 + tolerance) * budget_s:
+        return None
+    head = f"note: the run used {used_s:.0f} s of its {budget_s:.0f} s budget"
+    if before_s >= budget_s:
+        return f"{head}: setup and timing alone took {before_s:.0f} s, so it trained the minimum of {steps} step(s)"
+    realised = (used_s - before_s) / steps
+    return (f"{head}: training ran at {realised * 1000:.0f} ms/step (epoch costs included) where "
+            f"{planned_step_s * 1000:.0f} ms/step was timed, so the machine slowed down after planning; "
+            f"the {steps} planned steps were kept so the schedules end where they were laid out")

@@ -45,7 +45,7 @@ from collapselab.diagnostics import CollapseMonitor
 from collapselab.diagnostics.monitor import Alarm
 from collapselab.diagnostics.spectrum import eigenspectrum
 from collapselab.diagnostics.verdict import worst_level
-from collapselab.engine.budget import plan_steps
+from collapselab.engine.budget import overrun_note, plan_steps
 from collapselab.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from collapselab.engine.fastpath import (
     CompiledNetworks,
@@ -866,7 +866,11 @@ class Trainer:
             while self.epoch < self.num_epochs and self.stop_reason is None:
                 self._train_epoch()
             if self.budget is not None:
-                self.budget["time_used_s"] = time.perf_counter() - self.t_start
+                used = self.budget["time_used_s"] = time.perf_counter() - self.t_start
+                b = self.budget
+                note = overrun_note(b["time_budget_s"], used, b["setup_s"] + b["planning_s"], b["steps"], b["step_s"])
+                if note is not None:
+                    self._write(note)
         except KeyboardInterrupt as err:
             self._finish()
             self.stop_reason = "SIGTERM" if isinstance(err, Terminated) else "SIGINT (Ctrl-C)"
