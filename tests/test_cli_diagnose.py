@@ -248,3 +248,44 @@ def test_demo_footer_lists_the_modes_present(capsys) -> None:
     footer = out[out.index("verdicts ("):].splitlines()
     assert footer[0] == "verdicts (complete / dimensional / cluster / intracluster):"  # no band in the demo
     assert all(len(line.split(" / ")) == 4 for line in footer[1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_pt_of_a_float_dtype_numpy_lacks_is_read_as_float32(tmp_path: Path, embeddings: np.ndarray,
+                                                             dtype: torch.dtype, capsys) -> None:
+    torch.save(torch.from_numpy(embeddings).to(dtype), tmp_path / "z.pt")
+    code, out, err = _run(capsys, str(tmp_path / "z.pt"))
+    assert code == 0 and err == "" and "200 samples x 8 dims" in out
+
+
+def test_demo_and_a_file_are_exclusive(tmp_path: Path, embeddings: np.ndarray, capsys) -> None:
+    np.save(tmp_path / "z.npy", embeddings)
+    code, out, err = _run(capsys, str(tmp_path / "z.npy"), "--demo")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "--demo" in err and "z.npy" in err
+    code, _, err = _run(capsys, "--demo", "--labels", str(tmp_path / "z.npy"))
+    assert code == 2 and "--labels" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "says"),
+    [
+        (b"\x80\x04\x95random bytes, not an array" * 8, "garbage.npy", "not a valid .npy file"),
+        (b"\x80\x04\x95random bytes, not an archive" * 8, "garbage.npz", "not a valid .npz file"),
+        (b"\x93NUMPY\x01\x00" + b"x" * 100, "renamed.npz", "rename it to .npy"),
+    ],
+)
+def test_a_file_that_is_not_numpy_is_named_so_not_taken_for_a_pickle(tmp_path: Path, content: bytes, name: str,
+                                                                       says: str, capsys) -> None:
+    (tmp_path / name).write_bytes(content)
+    code, _, err = _run(capsys, str(tmp_path / name))
+    assert code == 2 and err.count("\n") == 1 and says in err and "pickled (object) data" not in err
+
+
+def test_labels_all_unlabelled_give_no_intracluster_metrics(tmp_path: Path, embeddings: np.ndarray, capsys) -> None:
+    np.save(tmp_path / "z.npy", embeddings)
+    np.save(tmp_path / "lab.npy", -np.ones(len(embeddings), dtype=np.int64))
+    code, out, _ = _run(capsys, str(tmp_path / "z.npy"), "--labels", str(tmp_path / "lab.npy"))
+    assert code == 0 and "unlabelled" in out and "intracluster_ratio" not in out
+    code, out, _ = _run(capsys, str(tmp_path / "z.npy"), "--labels", str(tmp_path / "lab.npy"), "--json")
+    result = json.loads(out)
+    assert result["verdict"]["intracluster"] == "n/a" and "intracluster_ratio" not in result["metrics"]

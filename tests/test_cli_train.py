@@ -103,7 +103,7 @@ def test_training_failure_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[
     monkeypatch.setattr(BYOL, "forward", nan_forward)
     assert main(["train", "byol", "digits", *tiny_overrides(tmp_path)]) == EXIT_FAIL
     err = capsys.readouterr().err
-    assert err.startswith("training failed: loss is nan at step 0")
+    assert err.startswith("training failed: loss is nan at step 1 ")
 
 
 def test_methods_lists_every_method_with_its_switches(capsys: pytest.CaptureFixture[str]) -> None:

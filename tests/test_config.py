@@ -125,6 +125,59 @@ def test_impossible_value_fails_before_any_training(tmp_path: Path, override: st
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("value", [".nan", ".inf"])
+@pytest.mark.parametrize(("method", "key"), [
+    ("simsiam", "optim.lr"),
+    ("simsiam", "optim.predictor_lr_ratio"),
+    ("simsiam", "optim.warmup_epochs"),
+    ("simsiam", "optim.grad_clip"),
+    ("simsiam", "optim.weight_decay"),
+    ("simsiam", "optim.eta"),
+    ("simsiam", "monitor.warmup_epochs"),
+    ("simsiam", "eval.knn_temperature"),
+    ("byol", "method.ema"),
+    ("byol", "method.ema_final"),
+    ("simclr", "method.temperature"),
+    ("vicreg", "method.variance_weight"),
+    ("barlow_twins", "method.lambda_offdiag"),
+    ("dino", "method.teacher_temp_warmup_epochs"),
+    ("swav", "method.queue_start_epoch"),
+    ("byol", "data.augment.flip_p"),
+])
+def test_non_finite_setting_is_a_one_line_error_naming_the_key(method: str, key: str, value: str) -> None:
+    with pytest.raises(InputError) as info:
+        load_config(method, "digits", overrides=[f"{key}={value}"])
+    message = str(info.value)
+    assert key in message and "finite" in message and "\n" not in message
+
+
+def test_non_finite_setting_fails_on_the_command_line_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from collapselab.cli import EXIT_USAGE, main
+
+    assert main(["train", "simsiam", "digits", "optim.predictor_lr_ratio=1e400", "--print-config"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err == "error: optim.predictor_lr_ratio must be a finite number, got inf\n"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize(("method", "key"), [
+    ("simclr", "temperature"),
+    ("moco", "temperature"),
+    ("vicreg", "variance_weight"),
+    ("barlow_twins", "lambda_offdiag"),
+    ("dino", "freeze_last_layer_epochs"),
+    ("falcon", "beta"),
+    ("falcon", "eps"),
+    ("swav", "queue_start_epoch"),
+])
+def test_method_validate_rejects_non_finite_numbers(method: str, key: str, value: float) -> None:
+    from collapselab.methods import method_class
+
+    config = dataclasses.replace(method_class(method).config_class(), **{key: value})
+    with pytest.raises(InputError, match=rf"method\.{key} must be .*finite"):
+        config.validate()
+
+
 def test_batch_larger_than_dataset_fails_before_any_step(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"data\.batch_size=5000.*1438") as info:
         collapselab.train("byol", "digits", overrides=["data.batch_size=5000"], **{**tiny(tmp_path), "data": {}})
@@ -138,6 +191,9 @@ def test_validate_rejects_a_config_changed_after_loading() -> None:
     validate(config)
     config.optim.lr = -1.0
     with pytest.raises(InputError, match=r"optim\.lr must be > 0"):
+        validate(config)
+    config.optim.lr = float("nan")
+    with pytest.raises(InputError, match=r"optim\.lr must be a finite number, got nan"):
         validate(config)
 
 

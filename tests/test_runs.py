@@ -86,6 +86,23 @@ def test_write_summary_replaces_own_keys_keeps_others_and_merges_eval(tmp_path: 
     assert not list(tmp_path.glob(".*tmp"))
 
 
+def test_eval_of_an_earlier_step_moves_aside_instead_of_mixing(tmp_path: Path) -> None:
+    """Same step (or no step): merged key by key. Another step: the old section moves whole to
+    eval_earlier[old step] (merged there with what that step already had); eval is the new one."""
+    folder = RunFolder(tmp_path)
+    folder.write_summary({"eval": {"knn_top1": 0.1, "step": 5}})
+    folder.update_summary("eval", {"linear_top1": 0.7})  # no step: same weights
+    folder.write_summary({"eval": {"knn_top1": 0.2, "step": 5}})
+    assert folder.summary()["eval"] == {"knn_top1": 0.2, "linear_top1": 0.7, "step": 5}
+    folder.write_summary({"eval": {"knn_top1": 0.3, "step": 15}})
+    on_disk = folder.summary()
+    assert on_disk["eval"] == {"knn_top1": 0.3, "step": 15}
+    assert on_disk["eval_earlier"] == {"5": {"knn_top1": 0.2, "linear_top1": 0.7, "step": 5}}
+    folder.write_summary({"eval": {"step": 25}})
+    assert folder.summary()["eval_earlier"] == {"5": {"knn_top1": 0.2, "linear_top1": 0.7, "step": 5},
+                                                "15": {"knn_top1": 0.3, "step": 15}}
+
+
 def test_summary_that_is_not_an_object_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="expected a JSON object"):

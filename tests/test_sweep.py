@@ -290,3 +290,16 @@ def test_a_printed_command_run_twice_resumes_or_leaves_its_finished_cell(
     assert main(args) == EXIT_OK
     assert "already completed; nothing to do" in capsys.readouterr().out
     assert summary.stat().st_mtime_ns == first
+
+
+def test_a_rerun_may_change_display_only_keys_but_not_the_grid(tmp_path: Path) -> None:
+    axes = {"optim.lr": ["0.5", "1.0"]}
+    fixed = ["train.epochs=1", "train.threads=1", "log.progress=false"]
+    print_commands(Sweep("byol_digits", axes=axes, fixed=fixed, out=str(tmp_path), name="s"))
+    for display in ([], ["log.progress=true", "log.tensorboard=false", "log.report=false"]):
+        print_commands(Sweep("byol_digits", axes=axes, fixed=[*fixed[:2], *display], out=str(tmp_path), name="s"))
+    for changed in ({"fixed": [*fixed[:1], "train.threads=2"]}, {"fixed": [*fixed, "log.every=5"]},
+                    {"axes": {"optim.lr": ["0.5", "2.0"]}}):
+        sweep = Sweep("byol_digits", **{"axes": axes, "fixed": fixed, **changed}, out=str(tmp_path), name="s")
+        with pytest.raises(InputError, match="holds another sweep"):
+            print_commands(sweep)

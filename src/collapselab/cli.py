@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -67,7 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_OK
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:  # `collapselab compare ... | head`: stop quietly, as Unix tools do
+        _silence_stdout()
+        return 128 + 13  # as if killed by SIGPIPE
     except OSError as err:  # an unreadable input or unwritable output (--out on a read-only disk)
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         print(f"error: {err.strerror or err}{where}", file=sys.stderr)
@@ -76,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         signum = getattr(err, "signum", 2)
         print("interrupted" + (" (SIGTERM)" if signum == 15 else ""), file=sys.stderr)
         return 128 + signum
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured output)
+        pass
 
 
 if __name__ == "__main__":

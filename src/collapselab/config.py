@@ -589,8 +589,26 @@ def to_yaml(config: Config) -> str:
 
 
 def _positive(value: float, key: str, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise InputError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    """Raise :class:`InputError` unless ``value`` is a finite number > 0 (>= 0 with ``allow_zero``)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise InputError(f"{key} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value}")
+
+
+def _check_finite(value: Any, key: str) -> None:
+    """Raise :class:`InputError` naming the first NaN or infinite number in ``value``: a config
+    section, a mapping (``data.augment``, ``model.backbone_args``), a list, or a number."""
+    if is_dataclass(value):
+        for f in fields(value):
+            _check_finite(getattr(value, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(value, Mapping):
+        for name, item in value.items():
+            _check_finite(item, f"{key}.{name}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{key}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{key} must be a finite number, got {value}")
 
 
 def switch(value: Any, key: str) -> str:
@@ -608,9 +626,11 @@ def switch(value: Any, key: str) -> str:
 
 
 def validate(config: Config) -> None:
-    """Check values that no type can: ranges, names, combinations. Raises :class:`InputError`."""
+    """Check values that no type can: every number finite, ranges, names, combinations. Raises
+    :class:`InputError` naming the key."""
     from collapselab.engine.optim import OPTIMIZERS
 
+    _check_finite(config, "")
     config.method.validate()
     name = config.run.name
     if name is not None and (not str(name).strip() or name in (".", "..") or "/" in name or "\\" in name):
@@ -620,6 +640,9 @@ def validate(config: Config) -> None:
     _positive(o.lr, "optim.lr")
     _positive(o.weight_decay, "optim.weight_decay", allow_zero=True)
     _positive(o.warmup_epochs, "optim.warmup_epochs", allow_zero=True)
+    _positive(o.eta, "optim.eta")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise InputError(f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
     if o.name not in OPTIMIZERS:
         near = difflib.get_close_matches(o.name, OPTIMIZERS, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""

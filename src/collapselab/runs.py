@@ -371,12 +371,22 @@ class RunFolder:
     def write_summary(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """Replace the keys ``summary`` sets and keep the others: keys only another command
         recorded survive, and the sections in ``MERGED_SECTIONS`` (``eval``) are merged key by
-        key (the new value wins). Atomic. Returns what was written."""
+        key (the new value wins) when both are of the same training ``step`` (or either has
+        none). Scores of an earlier step are not shown beside newer ones: the old section moves
+        whole to ``<section>_earlier[str(step)]`` and the new one replaces it, so a resumed run
+        never reports a probe of its old weights as current, and nothing is dropped. Atomic.
+        Returns what was written."""
         merged = self.summary() if self.summary_path.is_file() else {}
         for key, value in summary.items():
             old = merged.get(key)
             if key in MERGED_SECTIONS and isinstance(old, dict) and isinstance(value, Mapping):
-                merged[key] = {**old, **value}
+                if old.get("step") is not None and value.get("step") is not None and old["step"] != value["step"]:
+                    earlier = dict(merged.get(f"{key}_earlier") or {})
+                    earlier[str(old["step"])] = {**(earlier.get(str(old["step"])) or {}), **old}
+                    merged[f"{key}_earlier"] = earlier
+                    merged[key] = dict(value)
+                else:
+                    merged[key] = {**old, **value}
             else:
                 merged[key] = value
         text = json.dumps(_finite_json(merged), indent=2, default=json_default)

@@ -42,6 +42,12 @@ LOG_FILE = "sweep.log"
 SEED_KEY = "train.seed"
 THREADS_KEY = "train.threads"
 RESERVED_KEYS = ("run.out_dir", "run.name")
+DISPLAY_KEYS = ("log.progress", "log.tensorboard", "log.wandb_project", "log.wandb_mode", "log.report")
+"""Fixed keys that change how a run is shown (progress bar, TensorBoard/W&B mirrors of the logged
+numbers, the HTML report), not what it trains or records in metrics.jsonl and summary.json: they
+are left out of the grid's identity, so a rerun may change them. ``log.every`` is not one of them
+(it sets which steps are recorded), nor ``train.threads`` (the thread count can change the order
+of float sums)."""
 PRESETS = ("mechanisms",)
 MECHANISM_KEYS = ("method.predictor", "method.stop_gradient", "method.ema")
 FINISHED = ("completed", "stopped")  # a run that ended on its own: a rerun skips it
@@ -401,10 +407,11 @@ class Sweep:
         return write_atomic(self.dir / SWEEP_FILE, json.dumps(record, indent=2) + "\n")
 
     def check_definition(self) -> None:
+        """An ``InputError`` when the folder holds another grid (:func:`grid_identity`)."""
         saved = read_definition(self.dir)
         if saved is None:
             return
-        if {k: saved.get(k) for k in self.definition()} != self.definition():
+        if grid_identity(saved) != grid_identity(self.definition()):
             raise InputError(f"{self.dir} holds another sweep ({SWEEP_FILE}: {describe(saved)}); "
                              "rerun that grid, or give this one another --name")
 
@@ -431,6 +438,16 @@ def read_definition(path: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(data, dict) or "config" not in data or "axes" not in data:
         raise InputError(f"{file}: not a sweep definition")
     return data
+
+
+def grid_identity(definition: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes two sweep definitions the same grid: the config, the axes in their order (it
+    names the cells), seeds, preset and the fixed overrides in their order, less those of
+    :data:`DISPLAY_KEYS`."""
+    fixed = [f for f in definition.get("fixed") or [] if canonical_key(str(f).partition("=")[0]) not in DISPLAY_KEYS]
+    axes = [(k, list(v)) for k, v in (definition.get("axes") or {}).items()]  # their order names the cells
+    return {"config": definition.get("config"), "axes": axes, "fixed": fixed,
+            "seeds": definition.get("seeds"), "preset": definition.get("preset")}
 
 
 def describe(definition: Mapping[str, Any]) -> str:

@@ -92,3 +92,19 @@ def test_intracluster_requires_labels_or_cluster_count_and_matching_length() -> 
         dg.intracluster_spread(z)
     with pytest.raises(InputError, match="labels"):
         dg.intracluster_spread(z, torch.zeros(9, dtype=torch.long))
+
+
+def test_rows_labelled_minus_one_are_unlabelled_and_left_out() -> None:
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(3), 20)
+    z = rng.normal(scale=5.0, size=(3, 4))[labels] + rng.normal(size=(60, 4))
+    noise = rng.normal(scale=50.0, size=(30, 4))  # far-off unlabelled rows
+    out = dg.intracluster_spread(np.vstack([z, noise]), np.concatenate([labels, -np.ones(30, dtype=int)]))
+    assert out == pytest.approx(dg.intracluster_spread(z, labels), rel=1e-12)
+    with pytest.raises(InputError, match="unlabelled"):
+        dg.intracluster_spread(z, -np.ones(60, dtype=int))
+    d = dg.diagnose(z, labels=-np.ones(60, dtype=int))
+    assert d.verdict["intracluster"] == "n/a" and "unlabelled" in d.reasons["intracluster"]
+    assert "intracluster_ratio" not in d.metrics and "intracluster_min_ratio" not in d.metrics
+    single = dg.diagnose(z, labels=np.zeros(60, dtype=int))
+    assert single.verdict["intracluster"] == "n/a" and "one cluster" in single.reasons["intracluster"]

@@ -61,13 +61,13 @@ def poison_byol_forward(monkeypatch: pytest.MonkeyPatch, from_step: int, term: b
 @pytest.mark.parametrize("term", [False, True], ids=["loss", "logged_term"])
 def test_nan_loss_stops_with_step_and_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             term: bool) -> None:
-    poison_byol_forward(monkeypatch, from_step=5, term=term)  # step 5 is the 2nd step of epoch 3
+    poison_byol_forward(monkeypatch, from_step=5, term=term)  # the 6th step, the 2nd of epoch 3
     with pytest.raises(TrainingError) as info:
         collapselab.train("byol", "digits", **tiny(tmp_path))
     message = str(info.value)
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.pt"
-    assert "step 5" in message
+    assert "step 6 " in message  # counted from 1, as metrics.jsonl counts
     assert str(last) in message and "epoch 2" in message
     if term:
         assert "penalty=nan" in message
@@ -81,7 +81,7 @@ def test_nan_loss_stops_with_step_and_last_good_checkpoint(tmp_path: Path, monke
 
 def test_nan_loss_before_any_checkpoint_says_none_was_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     poison_byol_forward(monkeypatch, from_step=0, term=False)
-    with pytest.raises(TrainingError, match=r"step 0\b.*no checkpoint was written yet"):
+    with pytest.raises(TrainingError, match=r"step 1\b.*no checkpoint was written yet"):
         collapselab.train("byol", "digits", **tiny(tmp_path))
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
@@ -188,6 +188,6 @@ def test_resume_of_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path: Path, f
 def test_new_run_refuses_a_folder_that_holds_a_run(tmp_path: Path, finished_run: Path) -> None:
     copy_run(finished_run, tmp_path / "run")
     before = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()
-    with pytest.raises(InputError, match="already holds a run; pass resume="):
+    with pytest.raises(InputError, match="already holds a run; continue it with --resume"):
         collapselab.train("byol", "digits", **tiny(tmp_path, epochs=1))
     assert (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes() == before

@@ -81,7 +81,45 @@ def test_resume_of_another_methods_checkpoint_is_a_one_line_error(tmp_path: Path
     with pytest.raises(CheckpointError) as info:
         collapselab.train(resume=run_dir, overrides=["train.epochs=3"])
     message = str(info.value)
-    assert "method 'simclr'" in message and "method 'byol'" in message and "\n" not in message
+    assert "method.name 'simclr' -> 'byol'" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (("seed: 0", "seed: 7"), "train.seed 0 -> 7"),
+    (("predictor_lr_ratio: 1.0", "predictor_lr_ratio: 3.0"), "optim.predictor_lr_ratio 1.0 -> 3.0"),
+    (("predictor: mlp", "predictor: none"), "method.predictor 'mlp' -> 'none'"),
+])
+def test_resume_after_editing_config_yaml_is_refused_with_the_key(
+        tmp_path: Path, done: Path, edit: tuple[str, str], named: str) -> None:
+    """The checkpoint keeps the config it was written with: an edited config.yaml that changes
+    what a resume cannot change is refused like the same override, naming the key."""
+    run_dir = copy(done, tmp_path / "r")
+    path = run_dir / "config.yaml"
+    text = path.read_text()
+    assert edit[0] in text
+    path.write_text(text.replace(edit[0], edit[1], 1))
+    with pytest.raises(CheckpointError) as info:
+        collapselab.train(resume=run_dir, overrides=["train.epochs=3"])
+    assert named in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("override", ["run.name=zzz", "run.out_dir=/tmp/elsewhere"])
+def test_resume_refuses_another_run_folder(tmp_path: Path, done: Path, override: str) -> None:
+    run_dir = copy(done, tmp_path / "r")
+    before = (run_dir / "config.yaml").read_text()
+    with pytest.raises(InputError, match=f"{override.split('=')[0]} cannot change on resume"):
+        collapselab.train(resume=run_dir, overrides=[override, "train.epochs=3"])
+    assert (run_dir / "config.yaml").read_text() == before
+
+
+def test_print_config_of_a_resume_is_the_runs_config(
+        tmp_path: Path, done: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = copy(done, tmp_path / "r")
+    assert main(["train", "--resume", str(run_dir), "--print-config", "train.epochs=5"]) == 0
+    out = capsys.readouterr().out
+    # the run's own settings (not the byol/digits defaults), with the override layered on
+    assert "width: 8" in out and "max_steps_per_epoch: 2" in out and "epochs: 5" in out
+    assert "name: done" in out
 
 
 # ---- signals and divergence ----------------------------------------------------------------
@@ -206,7 +244,7 @@ def test_unlabelled_npz_trains_without_label_based_evaluation(
     np.savez(tmp_path / "test.npz", x=images[:40])
     run = collapselab.train("byol", "npz", **tiny(tmp_path, "unlabelled", data={"data_dir": str(tmp_path)},
                                                   eval={"final": True, "knn_every": 1}))
-    assert run.summary["status"] == "completed" and run.summary["eval"] == {}
+    assert run.summary["status"] == "completed" and run.summary["eval"] == {"step": run.summary["steps"]}  # no scores
     assert "has no labels, so the online kNN and the final evaluation are skipped" in capsys.readouterr().err
     assert RunFolder(run.dir).checks()["emb"]["step"]  # the monitor still ran
 

@@ -150,13 +150,18 @@ def test_resumed_spectra_and_checks_equal_uninterrupted_ones(
 
 def test_eval_scores_survive_a_resume(tmp_path: Path) -> None:
     """Scores another command merged into summary.json (collapselab eval's linear probe) are
-    kept when --resume rewrites the summary; the trainer's own keys are replaced."""
+    kept when --resume rewrites the summary, but as scores of the step they were measured at:
+    once training went on they move to ``eval_earlier[step]`` and ``eval`` holds only scores of
+    the current weights; other tools' keys are kept."""
     first = collapselab.train("byol", "digits", **tiny(tmp_path, "kept", train={"epochs": 1}))
     append_to_summary(first.dir, {"linear_top1": 0.5, "nmi": 0.25})
     RunFolder(first.dir).write_summary({"note": "written by another tool"})
+    assert RunFolder(first.dir).summary()["eval"]["linear_top1"] == 0.5  # same weights: merged
     resumed = collapselab.train(resume=first.dir, overrides=["train.epochs=2"])
     on_disk = RunFolder(first.dir).summary()
-    assert on_disk["eval"]["linear_top1"] == 0.5 and on_disk["eval"]["nmi"] == 0.25
+    earlier = on_disk["eval_earlier"][str(first.summary["steps"])]
+    assert earlier["linear_top1"] == 0.5 and earlier["nmi"] == 0.25 and earlier["step"] == first.summary["steps"]
+    assert "linear_top1" not in on_disk["eval"] and on_disk["eval"]["step"] == resumed.summary["steps"] > first.summary["steps"]
     assert on_disk["note"] == "written by another tool"
     assert on_disk["epochs_completed"] == resumed.summary["epochs_completed"] == 2
 

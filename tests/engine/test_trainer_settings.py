@@ -185,6 +185,12 @@ def test_predictor_rate_is_its_own_multiple_of_the_schedule(
     assert [r[1] for r in rates] == pytest.approx(own, rel=1e-12)
 
 
+@pytest.mark.parametrize(("method", "extra"), [("simclr", {}), ("byol", {"predictor": "none"}), ("directpred", {})])
+def test_predictor_rate_without_a_trained_predictor_is_refused(tmp_path: Path, method: str, extra: dict) -> None:
+    with pytest.raises(InputError, match="has no trained predictor"):
+        collapselab.train(method, "digits", **tiny(tmp_path, method, method=extra, optim={"predictor_lr_ratio": 3.0}))
+
+
 def test_predictor_rate_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="predictor_lr_schedule must be one of"):
         collapselab.train("byol", "digits", **tiny(tmp_path, "bad", optim={"predictor_lr_schedule": "fixed"}))

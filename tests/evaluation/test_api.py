@@ -107,16 +107,49 @@ def test_random_init_copy_is_seeded_and_leaves_the_original_untouched():
     assert all(torch.equal(a, b) for a, b in zip(original, model.parameters(), strict=True))
 
 
-def test_random_init_copy_warns_about_parameters_it_cannot_reset():
+def test_random_init_copy_names_parameters_it_cannot_reset_in_a_one_line_notice(caplog):
     class WithEmbedding(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.position = nn.Parameter(torch.ones(4))
             self.head = nn.Linear(4, 2)
 
-    with pytest.warns(UserWarning, match="WithEmbedding have no reset_parameters"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a notice, not a Python warning with a file path
         twin = random_init_copy(WithEmbedding())
     assert torch.equal(twin.position, torch.ones(4))
+    [record] = [r for r in caplog.records if "random-init baseline" in r.getMessage()]
+    message = record.getMessage()
+    assert "WithEmbedding kept trained values" in message and "\n" not in message
+
+
+def _trained_vit(seed: int) -> nn.Module:
+    from collapselab.models import build_backbone
+
+    torch.manual_seed(seed)
+    model = build_backbone("vit_tiny", img_size=8, patch_size=2, in_channels=1, depth=2, pos_embed="learned")
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(3):  # a few steps move every parameter, the learned position table included
+        optimiser.zero_grad()
+        (model(torch.randn(4, 1, 8, 8)) ** 2).sum().backward()
+        optimiser.step()
+    return model
+
+
+def test_random_init_copy_of_a_trained_vit_is_a_freshly_built_vit(caplog):
+    from collapselab.models import build_backbone
+
+    trained = _trained_vit(seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        twin = random_init_copy(trained, seed=5)
+    assert not [r for r in caplog.records if "random-init baseline" in r.getMessage()]
+    torch.manual_seed(5)
+    fresh = build_backbone("vit_tiny", img_size=8, patch_size=2, in_channels=1, depth=2, pos_embed="learned")
+    pairs = zip(twin.named_parameters(), fresh.parameters(), trained.parameters(), strict=True)
+    for (name, reset), built, kept in pairs:
+        assert torch.equal(reset, built), name
+        assert not torch.equal(reset, kept), name
 
 
 def test_extract_features_is_batch_size_invariant_and_reads_the_output_key(digits):

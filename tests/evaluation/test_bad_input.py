@@ -121,7 +121,7 @@ def test_features_from_another_dataset_are_refused_with_the_fix():
         "test_features": TEST,
         "test_labels": TEST_LABELS,
     }
-    with pytest.raises(InputError, match=r"do not match dataset 'digits'.*dataset=None"):
+    with pytest.raises(InputError, match=r"do not match dataset 'digits'.*Python: dataset=None"):
         evaluate(features, "digits")
 
 

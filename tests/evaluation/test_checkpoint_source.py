@@ -79,6 +79,19 @@ def test_a_checkpoint_file_in_a_run_scores_the_same_and_reports_to_the_run(run):
     assert epoch.run_dir == run.dir and epoch.cache == run.dir / "features_epoch_0001.npz"
 
 
+def test_a_kept_checkpoint_records_under_its_own_name_and_leaves_eval_alone(run):
+    """eval of checkpoints/epoch_0001.pt: scores (with the weights' step and k) go to
+    summary["eval_checkpoints"]["epoch_0001"]; summary["eval"] is the final model's, untouched."""
+    evaluate(run.dir, **FAST)
+    before = json.loads((run.dir / "summary.json").read_text())["eval"]
+    scores = evaluate(run.dir / "checkpoints" / "epoch_0001.pt", protocols=("knn",), baselines=(), k=7)
+    summary = json.loads((run.dir / "summary.json").read_text())
+    assert summary["eval"] == before and before["knn_k"] == 20
+    entry = summary["eval_checkpoints"]["epoch_0001"]
+    assert entry["knn_top1"] == scores["knn_top1"] and entry["knn_k"] == 7
+    assert entry["step"] == run.summary["steps"] == before["step"]  # one epoch: the same weights as last.pt
+
+
 def test_a_bare_checkpoint_file_has_no_run_folder_and_writes_nothing(run, tmp_path):
     copy = tmp_path / "model.pt"
     shutil.copy(run.dir / "checkpoints" / "last.pt", copy)

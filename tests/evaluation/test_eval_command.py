@@ -113,3 +113,14 @@ def test_l2_accepts_comma_separated_candidates_and_rejects_non_numbers(features_
     assert set(searched) == set(single) == {"linear_top1", "linear_train_top1"}
     with pytest.raises(SystemExit):
         _main([*argv, "--l2", "1e-4,abc"])
+
+
+def test_features_of_another_dataset_exit_2_with_a_fix_for_the_command_line(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "other.npz"
+    np.savez(path, train_features=rng.normal(size=(40, 4)), train_labels=np.arange(40) % 2,
+             test_features=rng.normal(size=(20, 4)), test_labels=np.arange(20) % 2)
+    assert _main(["eval", "--features", str(path), "--dataset", "digits", "--protocol", "knn"]) == 2
+    err = capsys.readouterr().err
+    assert "do not match dataset 'digits'" in err and "leave out --dataset" in err
+    assert err.count("\n") == 1

@@ -116,6 +116,40 @@ def test_vit_refuses_wrong_image_size_and_out_of_range_indices():
         VisionTransformer(img_size=10, patch_size=4)
 
 
+def _redrawn(model: torch.nn.Module, shift: float) -> dict[str, torch.Tensor]:
+    """``model``'s parameters after ``reset_parameters()`` under seed 1, its weights first moved by ``shift``."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(shift)
+    torch.manual_seed(1)
+    model.reset_parameters()
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("pos_embed", ["sincos", "learned"])
+def test_vit_reset_parameters_redraws_every_parameter_the_constructor_sets(pos_embed):
+    built = small_vit(pos_embed=pos_embed)
+    moved, other = _redrawn(small_vit(pos_embed=pos_embed), 1.0), _redrawn(small_vit(pos_embed=pos_embed), -3.0)
+    for name, p in built.named_parameters():
+        assert torch.equal(moved[name], other[name]), name  # the seed decides everything: no value kept
+        assert not torch.equal(moved[name], p + 1.0), name
+    if pos_embed == "sincos":
+        assert torch.equal(moved["pos_embed"][0], sincos_pos_embed_2d(32, (4, 4)))
+    else:
+        assert 0.01 < float(moved["pos_embed"].std()) < 0.03  # truncated normal, std 0.02
+    assert float(moved["blocks.0.attn.qkv.weight"].std()) < 0.03  # the ViT's init, not nn.Linear's
+    assert torch.equal(moved["norm.weight"], torch.ones(32)) and not moved["patch_embed.bias"].any()
+
+
+def test_predictor_reset_parameters_redraws_the_mask_token():
+    def predictor() -> ViTPredictor:
+        return ViTPredictor(4, encoder_dim=8, predictor_dim=8, depth=1, num_heads=2)
+
+    moved, other = _redrawn(predictor(), 1.0), _redrawn(predictor(), -3.0)
+    assert all(torch.equal(moved[name], other[name]) for name in moved)
+    assert 0 < float(moved["mask_token"].abs().max()) < 0.1
+
+
 def test_vit_same_seed_gives_identical_outputs():
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():

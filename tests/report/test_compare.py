@@ -106,3 +106,29 @@ def test_compare_command_table_csv_and_exit_codes(make_run, tmp_path: Path, caps
     with pytest.raises(SystemExit) as exit_info:  # no RUN_DIR: argparse's usage error
         main(["compare"])
     assert exit_info.value.code == EXIT_USAGE
+
+
+def test_csv_to_a_directory_is_a_one_line_error_before_the_table(make_run, tmp_path: Path, capsys) -> None:
+    a, b = make_run("a"), make_run("b", optim__lr=0.5)
+    for target in (str(tmp_path), str(tmp_path / "new") + "/"):
+        assert main(["compare", str(a.path), str(b.path), "--csv", target]) == EXIT_USAGE
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1
+        assert captured.err.startswith(f"error: --csv {target}: ") and "directory" in captured.err
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(InputError, match="is a directory"):
+        to_csv(comparison([a.path]), tmp_path)
+
+
+def test_compare_into_a_closed_pipe_exits_quietly(make_run) -> None:
+    import os
+    import subprocess
+    import sys
+
+    a, b = make_run("a"), make_run("b", optim__lr=0.5)
+    read, write = os.pipe()
+    os.close(read)  # the reader (`| head`) is gone before the table is written
+    proc = subprocess.run([sys.executable, "-m", "collapselab", "compare", str(a.path), str(b.path)],
+                          stdout=write, stderr=subprocess.PIPE, text=True, check=False)
+    os.close(write)
+    assert proc.stderr == "" and proc.returncode == 141

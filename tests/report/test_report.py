@@ -196,3 +196,15 @@ def test_odd_values_in_a_hand_edited_summary_do_not_break_the_report(make_run) -
     for sid in ("summary", "alarms", *FIGURE_SECTIONS, "config"):
         assert "could not be drawn" not in section(page, sid), sid
     assert "<svg" in section(page, "knn") and "<svg" in section(page, "alarms")
+
+
+def test_report_out_a_folder_writes_report_html_inside(make_run, tmp_path: Path, capsys) -> None:
+    run = make_run("dir_out")
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    assert main(["report", str(run.path), "--out", str(folder)]) == EXIT_OK
+    assert capsys.readouterr().out.strip() == str(folder / "report.html") and (folder / "report.html").is_file()
+    new = tmp_path / "new"
+    assert main(["report", str(run.path), str(make_run("other").path), "--out", f"{new}/"]) == EXIT_OK
+    assert (new / "report.html").is_file() and not list(tmp_path.rglob(".*.tmp"))
+    assert write_report(run.path, folder) == folder / "report.html"

@@ -119,3 +119,44 @@ def test_verify_exits_1_when_a_claim_fails(capsys):
 
 def test_verify_unknown_claim_exits_2(capsys):
     assert main(["verify", "--claim", "no-such-claim"]) == 2
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--p0", "-0.2:1.2:3"], ["--p0", "-0.2,0.5"], ["--p", "-.2:1.2:3"], ["--p0", "-1e-1:1:3"]],
+)
+def test_phase_map_reads_a_range_that_starts_with_a_minus(tmp_path, capsys, extra):
+    code = main(["theory", "phase-map", *extra, "--eta", "0.1", "--t-max", "1e3", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    with open(tmp_path / "phase_map.csv") as handle:
+        assert min(float(r["p0"]) for r in csv.DictReader(handle)) < 0
+
+
+def test_theory_options_take_negative_values_and_name_the_option(tmp_path, capsys):
+    assert main(["theory", "fixed-points", "--tau", "-1e-3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tau"] == -1e-3
+    out = ["--out", str(tmp_path)]
+    for argv, says in (
+        (["phase-map", "--eta", "-1e-3", *out], "--eta: must be a finite number >= 0, got -0.001"),
+        (["phase-map", "--s0", "-inf", *out], "--s0: must be a finite number >= 0"),
+        (["phase-map", "--t-max", "-1", *out], "--t-max: must be a finite number > 0"),
+        (["phase-map", "--x", "foo", *out], "--x 'foo': give one of eta, alpha_p"),
+        (["simulate", "--eta", "-1e-3", *out], "--eta: must be a finite number >= 0"),
+        (["simulate", "--alpha-p", "-1", *out], "--alpha-p: must be a finite number > 0"),
+        (["fixed-points", "--tau", "nan"], "--tau: must be a finite number"),
+    ):
+        assert main(["theory", *argv]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1 and "weight_decay" not in err
+
+
+def test_beta_error_gives_cli_advice_in_the_cli_and_both_in_the_api(tmp_path, capsys):
+    from collapselab._validation import InputError
+    from collapselab.theory.eigenmodes import phase_map
+
+    argv = ["theory", "phase-map", "--target", "ema", "--beta", "0,0.5", "--p0", "0.5", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--target stopgrad" in err and "target='stopgrad'" not in err
+    with pytest.raises(InputError, match="target='stopgrad'"):
+        phase_map(target="ema", beta=[0.0, 0.5])

@@ -21,15 +21,18 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders; the first is the reference")
-    parser.add_argument("--csv", metavar="FILE", help="also write the comparison as CSV ('-': CSV to stdout, no table)")
+    parser.add_argument("--csv", metavar="FILE", help="also write the comparison as CSV to FILE, not a folder ('-': CSV to stdout, no table)")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from collapselab.report import comparison, format_table, to_csv
+    from collapselab.report.compare import check_file_path
 
     try:
+        if args.csv and args.csv != "-":
+            check_file_path(args.csv, "--csv")  # before the work, not after the table
         result = comparison(args.runs)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)

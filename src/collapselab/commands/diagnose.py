@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--key", help="array name inside an .npz or a .pt dict")
     parser.add_argument("--views", metavar="FILE", help="a second view of the same N inputs (alignment)")
     parser.add_argument("--codes", metavar="FILE", help="(N,) code assignments or (N, c) code probabilities")
-    parser.add_argument("--labels", metavar="FILE", help="(N,) labels defining clusters (intracluster mode)")
+    parser.add_argument("--labels", metavar="FILE",
+                        help="(N,) integer labels defining clusters (intracluster mode); -1 = unlabelled, left out")
     parser.add_argument("--reference", metavar="FILE", help="embeddings of a reference state, e.g. at initialisation")
     parser.add_argument(
         "--band", metavar="FILE", help="(N,) or (N, D) uncertainty band widths sigma >= 0 of the N rows (band mode)"
@@ -38,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--fail-on", choices=("warning", "collapsed"), help="exit with status 1 if any mode reaches this level"
     )
-    parser.add_argument("--demo", action="store_true", help="diagnose four synthetic sets: healthy and three collapses")
+    parser.add_argument("--demo", action="store_true",
+                        help="diagnose four synthetic sets: healthy and three collapses (takes no FILE)")
     parser.set_defaults(func=run)
     return parser
 
@@ -50,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.demo:
+            given = [name for name, value in _inputs(args) if value]
+            if given:
+                print(f"error: --demo takes no {', '.join(given)}: it diagnoses its own synthetic sets; "
+                      "give one or the other", file=sys.stderr)
+                return EXIT_USAGE
             results = _demo()
         else:
             if not args.file:
@@ -94,6 +101,14 @@ def run(args: argparse.Namespace) -> int:
         if any(LEVELS.index(d.worst) >= threshold for d in results.values()):
             return EXIT_FAIL
     return EXIT_OK
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The file arguments, named as the command line spells them."""
+    return [(f"FILE ({args.file})" if args.file else "FILE", args.file), *(
+        (f"--{name.replace('_', '-')}", getattr(args, name))
+        for name in ("key", "views", "codes", "labels", "reference", "band", "reference_band")
+    )]
 
 
 def _demo() -> dict:

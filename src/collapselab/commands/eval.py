@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             results = _evaluate(source, args)
         for warning in caught:
             print(f"note: {warning.message}", file=sys.stderr)
+        capped = any(str(w.message).startswith("kNN: k=") for w in caught)  # the note says the k used
     except (InputError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
     else:
         print(format_table(results))
-        if "knn_top1" in results:
+        if "knn_top1" in results and not capped:
             from collapselab.evaluation.knn import DEFAULT_K, DEFAULT_TEMPERATURE
 
             k = args.k if args.k is not None else getattr(source, "knn_k", None) or DEFAULT_K
@@ -157,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
     run_dir = getattr(source, "run_dir", None)
     if run_dir is not None:
         where = sys.stderr if args.json else sys.stdout  # keep --json output parseable
-        print(f"scores appended to {run_dir / 'summary.json'} under 'eval'", file=where)
+        section = getattr(source, "summary_section", "eval")
+        entry = f"{section}.{source.checkpoint}" if section != "eval" else section
+        print(f"scores merged into {run_dir / 'summary.json'} under '{entry}'", file=where)
     return EXIT_OK
 
 

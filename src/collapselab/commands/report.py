@@ -20,12 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "of a run folder: summary and verdicts, alarm timeline, loss, online kNN, effective and "
             "stable rank, spread, eigenvalue spectra, alignment/uniformity, code usage, config. "
             "One run: written to RUN_DIR/report.html. Several runs: overlaid with a comparison "
-            f"table, written to ./{DEFAULT_COMPARISON_OUT}. Prints the path written. Exit 0 when "
-            "done, 2 on bad input."
+            f"table, written to ./{DEFAULT_COMPARISON_OUT}. --out a folder (an existing one, or a "
+            f"path ending in /) writes {DEFAULT_COMPARISON_OUT} inside it. Prints the path written. "
+            "Exit 0 when done, 2 on bad input."
         ),
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (runs/<name>)")
-    parser.add_argument("--out", metavar="FILE", help="where to write the report (default: see above)")
+    parser.add_argument("--out", metavar="PATH",
+                        help=f"the report's file, or a folder to write {DEFAULT_COMPARISON_OUT} in (default: see above)")
     parser.add_argument("--title", help="the page title (default: the run names)")
     parser.set_defaults(func=run)
     return parser

@@ -33,6 +33,8 @@ an unknown key is an error (exit 2); a combination the config refuses is recorde
 
 Resumable: rerunning the same command skips finished cells (completed or stopped), resumes cells
 with a checkpoint and starts the rest; another grid in the same folder is an error (give --name).
+Display-only keys (log.progress, log.tensorboard, log.wandb_project, log.wandb_mode, log.report)
+are not part of the grid: a rerun may change them.
 Exit 0 when no cell failed, 1 when one did, 2 on bad input."""
 
 EPILOG = """\

@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from collapselab._validation import InputError
 from collapselab.cli import EXIT_OK, EXIT_USAGE
@@ -36,6 +40,65 @@ def parse_grid(text: str) -> list[float]:
         ) from None
 
 
+SIGNED_VALUE = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
+"""A value that starts with a minus: -0.2:1.2:80, -1e-3, -1,0,1, -inf (argparse takes it for an
+option unless it is a plain negative number such as -0.5)."""
+
+class SignedValueParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose one-value options take a value starting with a minus and a
+    digit as written: ``--p0 -0.2:1.2:80`` is read as ``--p0=-0.2:1.2:80``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.value_options: set[str] = set()
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.option_strings and action.nargs in (None, 1):
+            self.value_options.update(action.option_strings)
+        return action
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        return super().parse_known_args(self.join_signed_values(sys.argv[1:] if args is None else args), namespace)
+
+    def join_signed_values(self, args: Sequence[str]) -> list[str]:
+        """``[--p0, -0.2:1.2:80]`` → ``[--p0=-0.2:1.2:80]`` for the options that take one value
+        (a long option may be abbreviated, as argparse allows); nothing after ``--``."""
+        out: list[str] = []
+        i = 0
+        while i < len(args):
+            token = args[i]
+            if token == "--":
+                return out + list(args[i:])
+            option = self._value_option(token)
+            if option and i + 1 < len(args) and SIGNED_VALUE.match(args[i + 1]) and args[i + 1] not in self.value_options:
+                out.append(f"{option}={args[i + 1]}")
+                i += 2
+                continue
+            out.append(token)
+            i += 1
+        return out
+
+    def _value_option(self, token: str) -> str | None:
+        if token in self.value_options:
+            return token
+        if token.startswith("--") and "=" not in token and len(token) > 2:
+            matches = [o for o in self.value_options if o.startswith(token)]
+            return matches[0] if len(matches) == 1 else None
+        return None
+
+
+def check_numbers(option: str, values: float | Sequence[float], low: float | None = None,
+                  strict: bool = False) -> None:
+    """Raise ``InputError`` naming ``option`` unless every value is finite and >= ``low``
+    (> ``low`` when ``strict``): the CLI's own words before the theory API's checks."""
+    for value in [values] if isinstance(values, int | float) else values:
+        if not (math.isfinite(value) and (low is None or (value > low if strict else value >= low))):
+            bound = "" if low is None else f" {'>' if strict else '>='} {low:g}"
+            raise InputError(f"{option}: must be a finite number{bound}, got {value:g}")
+
+
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "theory",
@@ -43,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="The theory lab: eigenmode fixed points and stability (Tian, Chen & Ganguli 2021), "
         "phase maps of where modes collapse, and simulations of the full linear model.",
     )
-    sub = parser.add_subparsers(dest="theory_command", metavar="SUBCOMMAND")
+    sub = parser.add_subparsers(dest="theory_command", metavar="SUBCOMMAND", parser_class=SignedValueParser)
 
     fp = sub.add_parser("fixed-points", help="p*±, s*±, existence threshold and Jacobian stability")
     fp.add_argument("--eta", type=float, default=0.05, help="weight decay η (default 0.05)")
@@ -121,17 +184,13 @@ def _error(err: Exception) -> int:
 
 
 def run_fixed_points(args: argparse.Namespace) -> int:
-    import math
-
     from collapselab.theory.eigenmodes import existence_threshold, fixed_points, stability
 
     try:
-        for name in ("eta", "sigma2", "alpha_p"):
-            value = getattr(args, name)
-            if not math.isfinite(value) or value < 0 or (name == "alpha_p" and value == 0):
-                raise InputError(
-                    f"--{name.replace('_', '-')}: must be a finite number >= 0 (> 0 for α_p), got {value}"
-                )
+        check_numbers("--eta", args.eta, 0)
+        check_numbers("--sigma2", args.sigma2, 0)
+        check_numbers("--alpha-p", args.alpha_p, 0, strict=True)
+        check_numbers("--tau", args.tau)
         fp = fixed_points(args.eta, args.sigma2, args.tau, args.alpha_p)
         params = dict(eta=args.eta, alpha_p=args.alpha_p, sigma2=args.sigma2, target="stopgrad")
         out = {
@@ -170,13 +229,29 @@ def run_fixed_points(args: argparse.Namespace) -> int:
 
 
 def run_phase_map(args: argparse.Namespace) -> int:
-    from collapselab.theory.eigenmodes import phase_map
+    from collapselab.theory.eigenmodes import PHASE_AXES, phase_map
 
     try:
+        for option, axis in (("--x", args.x), ("--y", args.y)):
+            if axis not in PHASE_AXES:
+                raise InputError(f"{option} {axis!r}: give one of {', '.join(PHASE_AXES)}")
+        if args.x == args.y:
+            raise InputError(f"--x and --y must be different axes, both are {args.x!r}")
         grids = {
             name: parse_grid(getattr(args, name))
             for name in ("eta", "alpha_p", "beta", "sigma2", "p0")
         }
+        check_numbers("--eta", grids["eta"], 0)
+        check_numbers("--alpha-p", grids["alpha_p"], 0, strict=True)
+        try:
+            check_numbers("--beta", grids["beta"], 0 if args.target == "ema" else None, strict=True)
+        except InputError as err:
+            raise InputError(f"{err} (β → ∞ is the stop-gradient target: --target stopgrad)") from None
+        check_numbers("--sigma2", grids["sigma2"], 0)
+        check_numbers("--p0", grids["p0"])
+        if args.s0 is not None:
+            check_numbers("--s0", args.s0, 0)
+        check_numbers("--t-max", args.t_max, 0, strict=True)
         result = phase_map(
             **grids,
             s0=args.s0,
@@ -210,6 +285,17 @@ def run_simulate(args: argparse.Namespace) -> int:
     from collapselab.theory.linear import simulate
 
     try:
+        for option, value in (("--n", args.n), ("--d", args.d), ("--configs", args.configs),
+                              ("--batch-size", args.batch_size)):
+            if value < 1:
+                raise InputError(f"{option}: must be >= 1, got {value}")
+        check_numbers("--eta", args.eta, 0)
+        check_numbers("--sigma2", args.sigma2, 0)
+        check_numbers("--alpha-p", args.alpha_p, 0, strict=True)
+        check_numbers("--beta", args.beta, 0, strict=True)
+        check_numbers("--init-scale", args.init_scale)  # a std: its sign only flips W
+        check_numbers("--t-end", args.t_end, 0, strict=True)
+        check_numbers("--dt", args.dt, 0, strict=True)
         res = simulate(
             args.target,
             predictor=not args.no_predictor,

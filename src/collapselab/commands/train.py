@@ -51,7 +51,7 @@ def split_args(tokens: list[str]) -> tuple[list[str], list[str]]:
 def run(args: argparse.Namespace) -> int:
     from collapselab.config import load_config, to_yaml
     from collapselab.engine.checkpoint import CheckpointError
-    from collapselab.engine.trainer import TrainingError, train
+    from collapselab.engine.trainer import TrainingError, resumed_config, train
 
     try:
         names, overrides = split_args(args.args)
@@ -59,11 +59,13 @@ def run(args: argparse.Namespace) -> int:
         dataset = names[1] if len(names) > 1 else None
         if args.name:
             overrides.append(f"run.name={args.name}")
-        if args.print_config:
-            print(to_yaml(load_config(method, dataset, config_file=args.config, overrides=overrides)), end="")
-            return EXIT_OK
         if args.resume and names:
             raise InputError("--resume continues the saved run's method and dataset; drop METHOD/DATASET")
+        if args.print_config:
+            cfg = (resumed_config(args.resume, args.config, overrides)[0] if args.resume
+                   else load_config(method, dataset, config_file=args.config, overrides=overrides))
+            print(to_yaml(cfg), end="")
+            return EXIT_OK
         if args.resume and args.auto_resume:
             raise InputError("give --resume RUN_DIR or --auto-resume, not both")
         resume = args.resume

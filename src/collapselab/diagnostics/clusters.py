@@ -134,7 +134,9 @@ def intracluster_spread(
     ``intracluster_ratio`` = W / T ∈ [0, 1] (1 − the k-means "explained" fraction). Per cluster k
     with ≥ 2 members, s_k = mean_{i∈k} ‖z_i − μ_k‖² / T; ``intracluster_min_ratio`` = min_k s_k
     flags a single collapsed cluster. Clusters come from ``labels`` (N,) or, if absent, from
-    k-means with ``n_clusters``. When T = 0 (complete collapse) both ratios are 0.
+    k-means with ``n_clusters``. A negative label (-1) marks an unlabelled row, as in the
+    datasets: such rows are left out (W and T are over the labelled rows), and labels with no
+    labelled row are an :class:`InputError`. When T = 0 (complete collapse) both ratios are 0.
     """
     x = as_float64_matrix(z)
     n = x.shape[0]
@@ -145,11 +147,12 @@ def intracluster_spread(
             )
         lab = kmeans_assignments(x, n_clusters, seed=seed)
     else:
-        lab = as_tensor(labels, "labels")
-        if lab.ndim != 1 or len(lab) != n:
-            raise InputError(f"labels: expected shape ({n},) to match z, got {tuple(lab.shape)}")
-        if lab.is_floating_point() and not bool((lab == lab.round()).all()):
-            raise InputError("labels: expected integer cluster labels")
+        keep, lab = labelled_mask(labels, n)
+        if not bool(keep.any()):
+            raise InputError("labels: every row is unlabelled (-1): no clusters to measure")
+        if not bool(keep.all()):
+            x, lab = x[keep.to(x.device)], lab[keep]
+            n = x.shape[0]
         lab = torch.unique(lab, return_inverse=True)[1]
     lab = lab.to(x.device)
     k = int(lab.max()) + 1
@@ -172,6 +175,17 @@ def intracluster_spread(
         "intracluster_min_ratio": min_ratio,
         "n_clusters": float(k),
     }
+
+
+def labelled_mask(labels: ArrayLike, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check (N,) integer cluster labels; returns (mask of labelled rows, the labels). A
+    negative label (-1) marks an unlabelled row."""
+    lab = as_tensor(labels, "labels")
+    if lab.ndim != 1 or len(lab) != n:
+        raise InputError(f"labels: expected shape ({n},) to match z, got {tuple(lab.shape)}")
+    if lab.is_floating_point() and not bool((lab == lab.round()).all()):
+        raise InputError("labels: expected integer cluster labels")
+    return lab >= 0, lab
 
 
 def code_geometry(h: ArrayLike, codes: ArrayLike) -> dict[str, float]:

@@ -10,6 +10,8 @@ import torch
 from collapselab._validation import InputError
 
 SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".csv", ".txt")
+NPY_MAGIC = b"\x93NUMPY"
+NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 PREFERRED_KEYS = ("z", "emb", "embeddings", "features", "repr", "x")
 
 
@@ -29,8 +31,9 @@ def _pick(arrays: dict[str, object], key: str | None, path: Path) -> object:
 def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
     """Load one numeric array from ``path``; ``key`` names it inside an .npz or a .pt dict.
 
-    Never unpickles: .npy/.npz are read with ``allow_pickle=False`` and .pt with
-    ``torch.load(weights_only=True)``.
+    Never unpickles: .npy/.npz are read with ``allow_pickle=False`` (a file without NumPy's
+    header is refused, not taken for a pickle) and .pt with ``torch.load(weights_only=True)``.
+    Tensors of a float dtype NumPy lacks (bfloat16, float8) are read as float32.
     """
     path = Path(path)
     if not path.exists():
@@ -40,6 +43,8 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
     suffix = path.suffix.lower()
+    if suffix in (".npy", ".npz"):
+        _check_magic(path, suffix)
     try:
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
@@ -52,6 +57,8 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
                 obj = _pick(obj, key, path)
             if not isinstance(obj, torch.Tensor):
                 raise InputError(f"{path}: expected a tensor (or a dict of tensors), found {type(obj).__name__}")
+            if obj.is_floating_point() and obj.dtype not in NUMPY_FLOATS:
+                obj = obj.float()  # bfloat16, float8: NumPy has no such dtype; float32 holds them exactly
             arr = obj.detach().cpu().numpy()
         elif suffix in (".csv", ".txt"):
             arr = _load_text(path)
@@ -60,6 +67,11 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
     except InputError:
         raise
     except Exception as err:  # corrupt archives, pickles refused by weights_only, bad text
+        if suffix in (".npy", ".npz") and "allow_pickle" in str(err):
+            raise InputError(
+                f"{path}: cannot read as {suffix}: it holds Python objects, which are never unpickled; "
+                "save a numeric array"
+            ) from err
         raise InputError(f"{path}: cannot read as {suffix} ({type(err).__name__}: {err})") from err
     arr = np.asarray(arr)
     if arr.size == 0:
@@ -67,6 +79,19 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise InputError(f"{path}: expected numbers, found dtype {arr.dtype}")
     return arr
+
+
+def _check_magic(path: Path, suffix: str) -> None:
+    """Refuse a .npy/.npz whose first bytes are not NumPy's header or a zip archive's (NumPy
+    would take it for a pickle, which is never loaded here)."""
+    with path.open("rb") as handle:
+        head = handle.read(len(NPY_MAGIC))
+    if suffix == ".npy" and not head.startswith(NPY_MAGIC):
+        kind = "an .npz archive (zip); rename it to .npz" if head.startswith(b"PK") else "no NumPy header"
+        raise InputError(f"{path}: cannot read as .npy: not a valid .npy file ({kind}); pickles are never loaded")
+    if suffix == ".npz" and not head.startswith(b"PK"):
+        kind = "a .npy array; rename it to .npy" if head.startswith(NPY_MAGIC) else "not a zip archive"
+        raise InputError(f"{path}: cannot read as .npz: not a valid .npz file ({kind}); pickles are never loaded")
 
 
 def _is_number(field: str) -> bool:

@@ -310,8 +310,12 @@ def cluster_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
 
 def intracluster_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
     """Verdict on intracluster collapse from the within/total variance ratio; "n/a" without clusters."""
-    if "intracluster_ratio" not in metrics or metrics["n_clusters"] < 2:
+    if "intracluster_ratio" not in metrics:
+        if metrics.get("n_clusters") == 0:
+            return NOT_APPLICABLE, "every label is -1 (unlabelled): no clusters"
         return NOT_APPLICABLE, "no labels or codes to define clusters"
+    if metrics["n_clusters"] < 2:
+        return NOT_APPLICABLE, "only one cluster: its spread is the whole spread, nothing to compare"
     ratio, smallest = metrics["intracluster_ratio"], metrics["intracluster_min_ratio"]
     reason = (f"the spread inside the {int(metrics['n_clusters'])} clusters is {_fmt(ratio)} of the total "
               f"(0 = every cluster a point)")
@@ -418,7 +422,9 @@ def diagnose(
         views: a second view of the same N inputs (adds ``alignment``).
         codes: (N,) code assignments or (N, c) code probabilities (cluster mode; their argmax
             also defines clusters for the intracluster mode when ``labels`` is absent).
-        labels: (N,) cluster/class labels for the intracluster mode.
+        labels: (N,) cluster/class labels for the intracluster mode (they take precedence over
+            ``codes`` there); -1 marks an unlabelled row, left out. When every row is -1 the mode
+            is n/a and there are no intracluster metrics.
         reference: a Diagnosis, metrics dict or embeddings (N', D) of a reference state,
             typically the same network at initialisation; dimensional and complete verdicts
             are then judged relative to it. Its width must be D.
@@ -465,8 +471,10 @@ def diagnose(
             raise InputError(f"codes: expected {n} rows to match z, got {code_tensor.shape[0]}")
         metrics.update(usage)
         cluster_labels = code_tensor.argmax(dim=1) if code_tensor.ndim == 2 else code_tensor
-    if labels is not None:
+    if labels is not None:  # labels define the clusters; rows labelled -1 are left out
         cluster_labels = labels
+        if not bool(clusters.labelled_mask(labels, n)[0].any()):
+            cluster_labels, metrics["n_clusters"] = None, 0.0  # every row unlabelled: no clusters
     if cluster_labels is not None:
         metrics.update(clusters.intracluster_spread(x, cluster_labels))
 

@@ -295,6 +295,10 @@ class Trainer:
             exclude_bias_and_norm=c.optim.exclude_bias_and_norm,
             predictor_prefix="predictor." if own_predictor_rate(c.optim) else None,
         )
+        if own_predictor_rate(c.optim) and not any(g.get("predictor") for g in self.optimizer.param_groups):
+            raise InputError(
+                f"optim.predictor_lr_ratio / optim.predictor_lr_schedule set, but this {c.method.name} run has no "
+                "trained predictor (none, or one set in closed form as DirectPred's); drop them")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
 
         probe_g = torch.Generator().manual_seed(c.train.seed)
@@ -444,6 +448,12 @@ class Trainer:
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
         saved = state.get("config") or {}
+        edited = fixed_key_differences(saved, self.config)
+        if edited:
+            raise CheckpointError(
+                f"{path}: {'; '.join(edited)} (checkpoint -> this run's config): the run's config.yaml differs "
+                "from the config its checkpoint was written with in what a resume cannot change; restore "
+                "those values in config.yaml, or start a new run")
         model, per_rank = dict(state["model"]), self._per_rank_buffers() & state["model"].keys()
         # a single process's checkpoint: its model and rng are that one rank's
         ranks = state.get("ranks") or [{"rng": state["rng"], "buffers": {n: model[n] for n in per_rank}}]
@@ -694,7 +704,7 @@ class Trainer:
         return records
 
     def _divergence(self, record: Mapping[str, Any]) -> TrainingError:
-        step = int(record["step"]) - 1  # the step's index (0-based), as the learning-rate schedule counts
+        step = int(record["step"])  # counted from 1, as metrics.jsonl and the progress bar count
         terms = {k: v for k, v in record.items() if k not in ("step", "loss", "lr")}
         bad = [f"{k}={v}" for k, v in terms.items() if isinstance(v, float) and not math.isfinite(v)]
         where = (f"non-finite terms: {', '.join(bad)}" if bad
@@ -1028,7 +1038,7 @@ class Trainer:
             "collapse_loss": self.monitor.collapse_loss,
             "collapse_hints": self.hints,
             "worst_verdict": worst_level(v["level"] for modes in final_verdict.values() for v in modes.values()),
-            "eval": final or {},
+            "eval": {**(final or {}), "step": self.global_step},  # the weights these scores are of
         }
         if self.stop_reason:
             summary["stop_reason"] = self.stop_reason
@@ -1064,6 +1074,34 @@ FIXED_ON_RESUME = ("method", "model", "data.dataset", "data.batch_size", "data.a
 LENGTH_KEYS = ("train.epochs", "train.steps", "train.time_budget")
 
 
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: value}
+
+
+def fixed_key_differences(saved: dict[str, Any], config: Config) -> list[str]:
+    """``key a -> b`` for each leaf under :data:`FIXED_ON_RESUME` where ``saved`` (the config
+    dict stored in a checkpoint) and ``config`` differ; empty when ``saved`` is empty or not a
+    valid config (a checkpoint of an older version: nothing to compare)."""
+    if not saved:
+        return []
+    try:
+        was = config_from_dict(saved)
+    except InputError:
+        return []
+    if was.method.name != config.method.name:  # another method: its other settings differ anyway
+        return [f"method.name {was.method.name!r} -> {config.method.name!r}"]
+    out = []
+    for key in FIXED_ON_RESUME:
+        a, b = _flat(_dotted(was, key), key), _flat(_dotted(config, key), key)
+        out += [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    return out if len(out) <= 4 else [*out[:3], f"and {len(out) - 3} more"]
+
+
 def _dotted(config: Config, key: str) -> Any:
     value: Any = to_dict(config)
     for part in key.split("."):
@@ -1075,6 +1113,11 @@ def check_resume_changes(saved: Config, new: Config, run_dir: Path) -> None:
     """A resumed run may extend its length and change logging, evaluation or monitoring; a change
     of what defines the run (method, model, data, batch size, seed, optimiser) is an error, and a
     new length says that the LR and EMA schedules are re-planned over it from the current step."""
+    moved = [key for key in ("run.out_dir", "run.name") if _dotted(saved, key) != _dotted(new, key)]
+    if moved:
+        raise InputError(
+            f"--resume {run_dir}: {' and '.join(moved)} cannot change on resume (a resumed run stays in "
+            f"its folder); drop --name / {', '.join(moved)}, or copy the folder to resume it elsewhere")
     changed = [key for key in FIXED_ON_RESUME if _dotted(saved, key) != _dotted(new, key)]
     if changed:
         raise InputError(
@@ -1090,6 +1133,30 @@ def check_resume_changes(saved: Config, new: Config, run_dir: Path) -> None:
 
 def default_run_name(config: Config) -> str:
     return f"{config.method.name}_{config.data.dataset}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def resumed_config(resume: str | os.PathLike, config: str | os.PathLike | None = None,
+                   overrides: Iterable[str] = (), **kwargs: Any) -> tuple[Config, Path]:
+    """The config a ``--resume`` of run folder ``resume`` trains with (its ``config.yaml``, with
+    ``config`` / ``overrides`` / ``kwargs`` layered over it and checked by
+    :func:`check_resume_changes`) and the run folder."""
+    folder = RunFolder(resume)
+    run_dir = folder.path
+    if not folder.config_path.is_file():
+        raise InputError(f"--resume {run_dir}: no config.yaml there (is it a run folder?)")
+    if not folder.has_checkpoint():
+        raise CheckpointError(f"--resume {run_dir}: no checkpoints/{LAST} to resume from")
+    try:
+        cfg = config_from_dict(folder.config_dict())
+    except InputError as err:
+        raise InputError(f"--resume {run_dir}: {err}") from err
+    overrides = list(overrides)
+    if config is not None or overrides or kwargs:
+        saved = cfg
+        cfg = load_config(cfg.method.name, cfg.data.dataset, config_file=config, overrides=overrides,
+                          base=to_dict(cfg), **kwargs)
+        check_resume_changes(saved, cfg, run_dir)
+    return cfg, run_dir
 
 
 def train(
@@ -1118,21 +1185,7 @@ def train(
     if isinstance(kwargs.get("dataset"), str):
         dataset = kwargs.pop("dataset")
     if resume is not None:
-        folder = RunFolder(resume)
-        run_dir = folder.path
-        if not folder.config_path.is_file():
-            raise InputError(f"--resume {run_dir}: no config.yaml there (is it a run folder?)")
-        if not folder.has_checkpoint():
-            raise CheckpointError(f"--resume {run_dir}: no checkpoints/{LAST} to resume from")
-        try:
-            cfg = config_from_dict(folder.config_dict())
-        except InputError as err:
-            raise InputError(f"--resume {run_dir}: {err}") from err
-        if config is not None or overrides or kwargs:
-            saved = cfg
-            cfg = load_config(cfg.method.name, cfg.data.dataset, config_file=config, overrides=overrides,
-                              base=to_dict(cfg), **kwargs)
-            check_resume_changes(saved, cfg, run_dir)
+        cfg, run_dir = resumed_config(resume, config, overrides, **kwargs)
         return Trainer(cfg, run_dir, resume=True).fit()
     cfg = load_config(method, dataset, config_file=config, overrides=overrides, **kwargs)
     if cfg.run.recipe is None:  # a dataset without a recipe: pick one by image size and device
@@ -1146,5 +1199,6 @@ def train(
     name = cfg.run.name or default_run_name(cfg)
     run_dir = Path(cfg.run.out_dir) / name
     if (run_dir / "checkpoints" / LAST).exists():
-        raise InputError(f"{run_dir} already holds a run; pass resume={str(run_dir)!r} to continue it or choose another run.name")
+        raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir} (Python: "
+                         f"resume={str(run_dir)!r}) or choose another run name (--name, run.name)")
     return Trainer(cfg, run_dir).fit()

@@ -54,7 +54,10 @@ class CheckpointSource:
     the caller names none; ``transform``: the run's input normalisation for uint8 batches, used
     when the caller passes none; ``run_dir``: where ``summary.json`` receives the scores
     (None for a bare checkpoint file); ``output_key``: the model output to read when it returns
-    a dict; ``cache``: default feature-cache path (e.g. ``run_dir/features.npz``).
+    a dict; ``cache``: default feature-cache path (e.g. ``run_dir/features.npz``); ``step``: the
+    training step of the weights; ``checkpoint``: the kept checkpoint's name (``epoch_0003``) when
+    it is not the run's last, whose scores then go to ``summary["eval_checkpoints"][name]``
+    instead of ``summary["eval"]`` (the final scores stay the final model's).
     """
 
     model: nn.Module
@@ -65,6 +68,13 @@ class CheckpointSource:
     cache: Path | None = None
     knn_k: int | None = None
     knn_temperature: float | None = None
+    step: int | None = None
+    checkpoint: str | None = None
+
+    @property
+    def summary_section(self) -> str:
+        """Where :func:`evaluate` records the scores in ``summary.json``."""
+        return "eval" if self.checkpoint is None else "eval_checkpoints"
 
 
 Source = nn.Module | CheckpointSource | FeatureSplits | Mapping | tuple | str | os.PathLike
@@ -127,6 +137,8 @@ def load_checkpoint_source(path: str | os.PathLike) -> CheckpointSource:
         cache=cache,
         knn_k=(state["config"].get("eval") or {}).get("knn_k"),
         knn_temperature=(state["config"].get("eval") or {}).get("knn_temperature"),
+        step=int(state["global_step"]) if "global_step" in state else None,
+        checkpoint=None if run_dir is None or checkpoint.name == RUN_CHECKPOINT.name else checkpoint.stem,
     )
 
 
@@ -269,13 +281,13 @@ def evaluate(
         [``codes_nmi``, ``codes_ari``, ``codes_acc``], and the same keys prefixed with
         ``baseline_pixels_`` and ``baseline_random_``.
     """
-    run_dir = None
+    run_dir, where = None, None
     if device is not None:  # a device this machine lacks is a one-line error, before any work
         device = resolve_device(device, "device")
     if isinstance(source, (str, os.PathLike)):
         source = load_checkpoint_source(source)
     if isinstance(source, CheckpointSource):
-        run_dir = source.run_dir
+        run_dir, where = source.run_dir, source
         dataset = dataset if dataset is not None else source.dataset
         transform = transform if transform is not None else source.transform
         output_key = source.output_key or output_key
@@ -340,9 +352,15 @@ def evaluate(
         random_features = embed(random_init_copy(source, seed=seed))
         random = run_protocols(random_features, protocols, **settings)
         results.update({f"baseline_random_{key}": value for key, value in random.items()})
-    if run_dir is not None:
+    if run_dir is not None and where is not None:
         recorded = {"knn_k": k, "knn_temperature": temperature} if "knn" in protocols else {}
-        append_to_summary(run_dir, {**results, **recorded})
+        scores = {**results, **recorded, **({"step": where.step} if where.step is not None else {})}
+        if where.checkpoint is None:
+            append_to_summary(run_dir, scores)
+        else:  # a kept earlier checkpoint: its own entry, merged with what it already had
+            kept = RunFolder(run_dir).summary().get("eval_checkpoints") or {}
+            append_to_summary(run_dir, {where.checkpoint: {**(kept.get(where.checkpoint) or {}), **scores}},
+                              key="eval_checkpoints")
     return results
 
 
@@ -354,8 +372,9 @@ def _check_matches_dataset(splits: FeatureSplits, data: tuple[Any, Any], dataset
         if len(features) != len(part) or not torch.equal(labels.cpu(), part.labels.cpu()):
             raise InputError(
                 f"{split} features ({len(features)} rows) do not match dataset {dataset!r} "
-                f"({len(part)} {split} samples, labels in the same order); pass dataset=None to skip "
-                "the raw-pixel baseline, or the dataset the features were computed on"
+                f"({len(part)} {split} samples, labels in the same order); give the dataset the "
+                "features were computed on, or none to skip the raw-pixel baseline (Python: "
+                "dataset=None; command line: leave out --dataset)"
             )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ FEATURE_KEYS = ("train_features", "train_labels", "test_features", "test_labels"
 OPTIONAL_KEYS = ("test_codes",)
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_OUTPUT_KEY = "repr"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -169,28 +172,35 @@ def extract_features(
 
 
 def random_init_copy(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A deep copy of ``model`` with every submodule's ``reset_parameters()`` called under ``seed``.
+    """A deep copy of ``model`` with every submodule's ``reset_parameters()`` called under ``seed``,
+    children before their parent (as in a constructor, a parent's own init has the last word).
 
-    The "same architecture, random weights" baseline. Submodules holding parameters of their own
-    but no ``reset_parameters`` (e.g. a learned position embedding on a custom module) keep the
-    trained values; a warning names them.
+    The "same architecture, random weights" baseline; the built-in backbones reproduce their
+    construction (a ViT re-draws its position table too). Parameters of a submodule without
+    ``reset_parameters`` (e.g. a third-party module's position embedding) keep their trained
+    values; a one-line notice (logger ``collapselab.evaluation.features``) names those modules.
     """
     twin = copy.deepcopy(model)
-    kept = []
+    kept: list[str] = []
+    seen: set[int] = set()
+
+    def reset(module: nn.Module, name: str) -> None:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        for child_name, child in module.named_children():
+            reset(child, f"{name}.{child_name}" if name else child_name)
+        if callable(getattr(module, "reset_parameters", None)):
+            module.reset_parameters()
+        elif any(p is not None for p in module._parameters.values()):
+            kept.append(name or type(module).__name__)
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for name, module in twin.named_modules():
-            if hasattr(module, "reset_parameters") and callable(module.reset_parameters):
-                module.reset_parameters()
-            elif any(p is not None for p in module._parameters.values()):
-                kept.append(name or type(module).__name__)
+        reset(twin, "")
     if kept:
-        warnings.warn(
-            f"random-init baseline: {', '.join(kept)} have no reset_parameters() and keep their trained "
-            "values; the baseline is not fully random",
-            UserWarning,
-            stacklevel=2,
-        )
+        log.warning("note: random-init baseline: %s kept trained values (no reset_parameters()); "
+                    "that baseline is only partly random", ", ".join(kept))
     return twin
 
 

@@ -8,9 +8,14 @@ from typing import ClassVar
 
 import torch
 
-from collapselab._validation import InputError
 from collapselab.losses import barlow_twins
-from collapselab.methods.base import MethodConfig, MethodOutput, SSLMethod, register_method
+from collapselab.methods.base import (
+    MethodConfig,
+    MethodOutput,
+    SSLMethod,
+    check_number,
+    register_method,
+)
 
 
 @dataclass
@@ -22,8 +27,7 @@ class BarlowTwinsConfig(MethodConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.lambda_offdiag < 0:
-            raise InputError(f"method.lambda_offdiag must be >= 0, got {self.lambda_offdiag}")
+        check_number(self.lambda_offdiag, "method.lambda_offdiag")
 
 
 @register_method

@@ -20,6 +20,7 @@ from collapselab.methods.base import (
     MethodConfig,
     MethodOutput,
     SSLMethod,
+    check_number,
     ema_base,
     register_method,
 )
@@ -85,8 +86,7 @@ class DINOConfig(MethodConfig):
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise InputError(f"method.{key} must be a positive number, got {value!r}")
         for key in ("teacher_temp_warmup_epochs", "freeze_last_layer_epochs"):
-            if not float(getattr(self, key)) >= 0:
-                raise InputError(f"method.{key} must be >= 0, got {getattr(self, key)}")
+            check_number(getattr(self, key), f"method.{key}")
         if not 0.0 <= float(self.center_momentum) <= 1.0:
             raise InputError(f"method.center_momentum must be in [0, 1], got {self.center_momentum}")
         ema_base(self.ema)

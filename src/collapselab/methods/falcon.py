@@ -16,7 +16,13 @@ from collapselab._validation import InputError
 from collapselab.diagnostics.clusters import code_geometry, code_usage
 from collapselab.evaluation.clustering import code_clustering
 from collapselab.losses import falcon_from_logits, falcon_temperature
-from collapselab.methods.base import MethodConfig, MethodOutput, SSLMethod, register_method
+from collapselab.methods.base import (
+    MethodConfig,
+    MethodOutput,
+    SSLMethod,
+    check_number,
+    register_method,
+)
 from collapselab.models import FALCONProjector, RademacherDictionary
 
 
@@ -46,16 +52,16 @@ class FALCONConfig(MethodConfig):
             raise InputError(f"method.projector_variant must be 'tanh' or 'l2', got {self.projector_variant!r}")
         if self.projector_variant == "l2" and self.temperature is None:
             raise InputError("method.projector_variant=l2 (the paper's projector) needs an explicit method.temperature")
-        if self.temperature is not None and not self.temperature > 0:
-            raise InputError(f"method.temperature must be > 0, got {self.temperature}")
+        if self.temperature is not None:
+            check_number(self.temperature, "method.temperature", positive=True)
         if self.n_codes < 2:
             raise InputError(f"method.n_codes must be >= 2, got {self.n_codes}")
+        check_number(self.eps, "method.eps", positive=True)
         if self.eps * (self.n_codes - 1) >= 1:
             raise InputError(f"method.eps·(n_codes − 1) must be < 1, got eps={self.eps}, n_codes={self.n_codes}")
         if self.prior_kl not in ("reverse", "forward"):
             raise InputError(f"method.prior_kl must be 'reverse' or 'forward', got {self.prior_kl!r}")
-        if self.beta < 0:
-            raise InputError(f"method.beta must be >= 0, got {self.beta}")
+        check_number(self.beta, "method.beta")
         if not self.projector_bn:
             raise InputError("method.projector_bn=false: FALCON's projector is Linear → BN → tanh; its BN is part of the method")
 

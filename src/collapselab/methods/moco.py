@@ -17,6 +17,7 @@ from collapselab.methods.base import (
     MethodOutput,
     SiameseConfig,
     SiameseMethod,
+    check_number,
     register_method,
 )
 
@@ -40,8 +41,7 @@ class MoCoConfig(SiameseConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.temperature <= 0:
-            raise InputError(f"method.temperature must be > 0, got {self.temperature}")
+        check_number(self.temperature, "method.temperature", positive=True)
         if self.queue_size < 1:
             raise InputError(f"method.queue_size must be >= 1, got {self.queue_size}")
 

@@ -9,9 +9,14 @@ from typing import ClassVar
 
 import torch
 
-from collapselab._validation import InputError
 from collapselab.losses import nt_xent
-from collapselab.methods.base import MethodConfig, MethodOutput, SSLMethod, register_method
+from collapselab.methods.base import (
+    MethodConfig,
+    MethodOutput,
+    SSLMethod,
+    check_number,
+    register_method,
+)
 
 
 @dataclass
@@ -24,8 +29,7 @@ class SimCLRConfig(MethodConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.temperature <= 0:
-            raise InputError(f"method.temperature must be > 0, got {self.temperature}")
+        check_number(self.temperature, "method.temperature", positive=True)
 
 
 @register_method

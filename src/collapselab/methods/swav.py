@@ -15,7 +15,13 @@ from collapselab import distributed
 from collapselab._validation import InputError
 from collapselab.diagnostics.clusters import code_usage
 from collapselab.losses import swav
-from collapselab.methods.base import MethodConfig, MethodOutput, SSLMethod, register_method
+from collapselab.methods.base import (
+    MethodConfig,
+    MethodOutput,
+    SSLMethod,
+    check_number,
+    register_method,
+)
 from collapselab.models import Prototypes
 
 
@@ -57,8 +63,7 @@ class SwAVConfig(MethodConfig):
             value = getattr(self, key)
             if isinstance(value, bool) or int(value) != value or value < 0:
                 raise InputError(f"method.{key} must be an integer >= 0, got {value!r}")
-        if not (isinstance(self.queue_start_epoch, int | float) and self.queue_start_epoch >= 0):
-            raise InputError(f"method.queue_start_epoch must be a number >= 0, got {self.queue_start_epoch!r}")
+        check_number(self.queue_start_epoch, "method.queue_start_epoch")
         crops = list(self.crops_for_assign)
         if not crops or any(isinstance(c, bool) or int(c) != c or c < 0 for c in crops) or len(set(crops)) != len(crops):
             raise InputError(

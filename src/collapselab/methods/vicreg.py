@@ -9,9 +9,14 @@ from typing import ClassVar
 
 import torch
 
-from collapselab._validation import InputError
 from collapselab.losses import vicreg
-from collapselab.methods.base import MethodConfig, MethodOutput, SSLMethod, register_method
+from collapselab.methods.base import (
+    MethodConfig,
+    MethodOutput,
+    SSLMethod,
+    check_number,
+    register_method,
+)
 
 
 @dataclass
@@ -26,8 +31,7 @@ class VICRegConfig(MethodConfig):
     def validate(self) -> None:
         super().validate()
         for key in ("invariance_weight", "variance_weight", "covariance_weight"):
-            if getattr(self, key) < 0:
-                raise InputError(f"method.{key} must be >= 0, got {getattr(self, key)}")
+            check_number(getattr(self, key), f"method.{key}")
 
 
 @register_method

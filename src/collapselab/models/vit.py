@@ -182,20 +182,27 @@ class VisionTransformer(nn.Module):
         self.num_patches = self.grid[0] * self.grid[1]
         self.out_dim: int = embed_dim
         self.embed_dim = embed_dim
+        self.pos_embed_type: PosEmbed = pos_embed
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch_size, patch_size)
-        table = (
-            sincos_pos_embed_2d(embed_dim, self.grid)
-            if pos_embed == "sincos"
-            else torch.zeros(self.num_patches, embed_dim)
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.num_patches, embed_dim), requires_grad=pos_embed == "learned"
         )
-        self.pos_embed = nn.Parameter(table[None], requires_grad=pos_embed == "learned")
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise every parameter as the constructor does (module doc): truncated normal
+        (std 0.02) for the linear layers, the patch embedding and a learned position table, the
+        sine-cosine table recomputed, zero biases, unit LayerNorms. Draws from the global RNG."""
         _init_transformer(self)
-        if pos_embed == "learned":
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        w = self.patch_embed.weight
-        nn.init.trunc_normal_(w.view(w.shape[0], -1), std=0.02)
+        with torch.no_grad():
+            learned = self.pos_embed.requires_grad  # also for a module pickled before pos_embed_type
+            if getattr(self, "pos_embed_type", "learned" if learned else "sincos") == "learned":
+                nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            else:
+                self.pos_embed.copy_(sincos_pos_embed_2d(self.embed_dim, self.grid)[None])
+        nn.init.trunc_normal_(self.patch_embed.weight, std=0.02)
         nn.init.zeros_(self.patch_embed.bias)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
@@ -334,6 +341,11 @@ class ViTPredictor(nn.Module):
         )
         self.norm = nn.LayerNorm(predictor_dim, eps=1e-6)
         self.proj = nn.Linear(predictor_dim, encoder_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise every parameter as the constructor does: truncated normal (std 0.02) for
+        the linear layers and the mask token, zero biases, unit LayerNorms (global RNG)."""
         _init_transformer(self)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from collapselab._validation import InputError
 from collapselab.report.data import RunData, RunLike, is_number, load_runs
 
 EXCLUDED_KEYS = ("run.name",)  # differs between any two runs by construction
@@ -179,7 +180,10 @@ def csv_columns(comparison: Comparison) -> list[str]:
 
 
 def to_csv(comparison: Comparison, path_or_stream: str | os.PathLike | TextIO) -> None:
-    """Write the comparison as CSV, one row per run (floats at full precision, '' = missing)."""
+    """Write the comparison as CSV, one row per run (floats at full precision, '' = missing).
+    A path is written atomically; a folder is an ``InputError``."""
+    if isinstance(path_or_stream, str | os.PathLike):
+        check_file_path(path_or_stream, "csv")
     c = comparison
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -195,6 +199,16 @@ def to_csv(comparison: Comparison, path_or_stream: str | os.PathLike | TextIO) -
         write_atomic(Path(path_or_stream), buffer.getvalue())
     else:
         path_or_stream.write(buffer.getvalue())
+
+
+def check_file_path(path: str | os.PathLike, what: str) -> None:
+    """Raise ``InputError`` when ``path``, where a file is to be written, is a folder (an
+    existing one, or a path ending in a separator); ``what`` names it in the message."""
+    text = os.fspath(path)
+    if Path(text).is_dir():
+        raise InputError(f"{what} {text}: is a directory; give a file path")
+    if text.endswith(("/", os.sep)):
+        raise InputError(f"{what} {text}: ends in a separator, so names a directory; give a file path")
 
 
 def _csv_cell(value: Any) -> str:

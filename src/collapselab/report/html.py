@@ -22,6 +22,7 @@ from collapselab.report.data import MODES, RunData, RunLike, as_floats, load_run
 from collapselab.runs import (
     CONFIG_FILE,
     METRICS_FILE,
+    REPORT_FILE,
     SPECTRA_FILE,
     SUMMARY_FILE,
     RunFolder,
@@ -119,17 +120,28 @@ def esc(value: Any) -> str:
 def write_report(runs: RunLike | Sequence[RunLike | RunData], out: str | os.PathLike | None = None, *,
                  title: str | None = None) -> Path:
     """Write the HTML report of one run (default ``<run>/report.html``) or of several runs
-    overlaid (``out`` required). Atomic; returns the path written.
+    overlaid (``out`` required). ``out`` is a file, or a folder (an existing one, or a path
+    ending in ``/``) that gets ``report.html``. Atomic; returns the path written.
 
     Raises ``InputError`` when a path is not a run folder; missing or unreadable files of a run
     become notes in the page."""
     single = isinstance(runs, str | os.PathLike | RunFolder | RunData)
+    target = None if out is None else report_target(out)
     data = load_runs([runs] if single else runs)  # type: ignore[list-item]
-    if out is None:
+    if target is None:
         if len(data) > 1:
             raise InputError(f"{len(data)} runs: say where the report goes (out=...)")
-        out = data[0].folder.report_path
-    return write_atomic(Path(out), render_report(data, title=title))
+        target = data[0].folder.report_path
+    return write_atomic(target, render_report(data, title=title))
+
+
+def report_target(out: str | os.PathLike) -> Path:
+    """The file a report for ``out`` goes to: ``out/report.html`` when ``out`` is a folder (an
+    existing one, or a path ending in a separator), else ``out``."""
+    text = os.fspath(out)
+    if text.endswith(("/", os.sep)) or Path(text).is_dir():
+        return Path(text) / REPORT_FILE
+    return Path(text)
 
 
 def write_run_report(run_dir: str | os.PathLike, warn: Callable[[str], None] | None = None) -> Path | None:

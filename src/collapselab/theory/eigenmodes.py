@@ -376,7 +376,10 @@ def integrate_modes(
     if bool((eta < 0).any()) or bool((alpha <= 0).any()) or bool((sig < 0).any()):
         raise InputError("need eta >= 0, alpha_p > 0 and sigma2 >= 0")
     if target == "ema" and bool((beta_t <= 0).any()):
-        raise InputError("beta: the EMA rate must be > 0 (use target='stopgrad' for β → ∞)")
+        raise InputError(
+            "beta: the EMA rate must be > 0 (β → ∞ is the stop-gradient target: "
+            "target='stopgrad', on the command line --target stopgrad)"
+        )
     m = p0.numel()
     outcome = torch.full((m,), UNDECIDED, dtype=torch.int8)
     t_final = torch.zeros(m, dtype=dtype)
