@@ -75,7 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 128 + 13  # as if killed by SIGPIPE
     except OSError as err:  # an unreadable input or unwritable output (--out on a read-only disk)
-        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        name = getattr(err, "filename", None)
+        if getattr(err, "filename2", None) and str(name).endswith(".tmp"):  # an atomic write's rename:
+            name = err.filename2  # name the file the user asked for, not our temporary
+        where = f" ({name})" if name else ""
         print(f"error: {err.strerror or err}{where}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM during training (exit 128 + signal)

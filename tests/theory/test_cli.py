@@ -160,3 +160,39 @@ def test_beta_error_gives_cli_advice_in_the_cli_and_both_in_the_api(tmp_path, ca
     assert "--target stopgrad" in err and "target='stopgrad'" not in err
     with pytest.raises(InputError, match="target='stopgrad'"):
         phase_map(target="ema", beta=[0.0, 0.5])
+
+
+def test_theory_outputs_are_written_atomically(tmp_path, capsys, monkeypatch):
+    """A failure at the final rename of a rewrite leaves the earlier CSV/JSON whole and no
+    temporary file behind (phase-map and simulate both write through collapselab.runs.write_atomic)."""
+    import collapselab.runs as runs
+
+    argv = ["theory", "phase-map", "--eta", "0.05", "--p0=0:1:3", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    before = {name: (tmp_path / name).read_text() for name in ("phase_map.csv", "phase_map.json")}
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(runs.os, "replace", failing_replace)
+    assert main(["theory", "phase-map", "--eta", "0.1,0.2", "--p0=0:1:3", "--out", str(tmp_path)]) != 0
+    assert "disk full" in capsys.readouterr().err
+    assert {name: (tmp_path / name).read_text() for name in before} == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    sim = tmp_path / "sim"
+    assert main(["theory", "simulate", "--n", "2", "--d", "2", "--t-end", "2", "--dt", "0.1", "--out", str(sim)]) != 0
+    assert "disk full" in capsys.readouterr().err
+    assert not [p.name for p in sim.iterdir() if p.name.endswith((".tmp", ".csv", ".json"))]
+
+
+def test_a_failed_atomic_rename_names_the_target_not_the_temporary(tmp_path, capsys, monkeypatch):
+    import collapselab.runs as runs
+
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device", str(src), None, str(dst))
+
+    monkeypatch.setattr(runs.os, "replace", failing_replace)
+    assert main(["theory", "phase-map", "--eta", "0.05", "--p0=0:1:3", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: No space left on device (") and ".tmp" not in err
+    assert str(tmp_path / "phase_map") in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import re
@@ -322,7 +323,9 @@ def run_simulate(args: argparse.Namespace) -> int:
         out / "summary.json",
         out / "trajectories.png",
     )
-    with open(csv_path, "w", newline="") as handle:
+    from collapselab.runs import write_atomic
+
+    with io.StringIO(newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["t", "config", "mode", "singular_value", "s", "p", "tau", "loss"])
         for k, t in enumerate(res.times.tolist()):
@@ -340,13 +343,14 @@ def run_simulate(args: argparse.Namespace) -> int:
                             float(res.loss[k, b]),
                         ]
                     )
+        write_atomic(csv_path, handle.getvalue())
     summary = {
         "target": args.target,
         "predictor": not args.no_predictor,
         "integrator": args.integrator,
         **res.summary(),
     }
-    json_path.write_text(json.dumps(summary, indent=2))
+    write_atomic(json_path, json.dumps(summary, indent=2))
     _plot_simulation(res, png, f"{args.target}{'' if not args.no_predictor else ', no predictor'}")
     for b, modes in enumerate(res.outcome):
         if not bool(res.converged[b]):

@@ -536,15 +536,20 @@ class PhaseMap:
             yield row
 
     def write_csv(self, path) -> None:
+        """One row per configuration (:meth:`rows`), written atomically."""
         import csv
+        import io
 
-        with open(path, "w", newline="") as handle:
-            writer = None
-            for row in self.rows():
-                if writer is None:
-                    writer = csv.DictWriter(handle, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow(row)
+        from collapselab.runs import write_atomic
+
+        handle = io.StringIO(newline="")
+        writer = None
+        for row in self.rows():
+            if writer is None:
+                writer = csv.DictWriter(handle, fieldnames=list(row))
+                writer.writeheader()
+            writer.writerow(row)
+        write_atomic(path, handle.getvalue())
 
     def summary(self) -> dict:
         return {
@@ -560,8 +565,10 @@ class PhaseMap:
         }
 
     def write_json(self, path) -> None:
-        with open(path, "w") as handle:
-            json.dump(self.summary(), handle, indent=2)
+        """:meth:`summary` as JSON, written atomically."""
+        from collapselab.runs import write_atomic
+
+        write_atomic(path, json.dumps(self.summary(), indent=2))
 
     def plot(self, path, x: str = "p0", y: str = "eta") -> None:
         """Save a PNG of the outcome over axes (x, y), other axes at their first value."""
