@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,15 @@ def value_checks_enabled() -> bool:
 
 class InputError(ValueError):
     """Raised when an input has the wrong shape, type or values; the message says how to fix it."""
+
+
+def check_number(value: Any, key: str, positive: bool = False) -> float:
+    """``value`` as a float if it is a finite number >= 0 (> 0 with ``positive``); else an
+    :class:`InputError` naming ``key`` (e.g. ``optim.lr``, ``method.temperature``)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise InputError(f"{key} must be {'> 0' if positive else '>= 0'} and finite, got {value!r}")
+    return float(value)
 
 
 def as_tensor(x: ArrayLike, name: str) -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from collapselab._validation import InputError
+from collapselab._validation import InputError, check_number
 from collapselab.methods import MethodConfig, method_class
 
 DEFAULT_METHOD = "byol"
@@ -590,9 +590,7 @@ def to_yaml(config: Config) -> str:
 
 def _positive(value: float, key: str, allow_zero: bool = False) -> None:
     """Raise :class:`InputError` unless ``value`` is a finite number > 0 (>= 0 with ``allow_zero``)."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise InputError(f"{key} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value}")
+    check_number(value, key, positive=not allow_zero)
 
 
 def _check_finite(value: Any, key: str) -> None:

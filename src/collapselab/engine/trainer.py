@@ -289,13 +289,14 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
         global_batch = c.data.batch_size * self.world
         self.base_lr = c.optim.lr * lr_scale(c.optim.lr_scaling, global_batch)
+        own_rate = own_predictor_rate(c.optim)
         self.optimizer = build_optimizer(
             c.optim.name, self.method, lr=self.base_lr, weight_decay=c.optim.weight_decay,
             momentum=c.optim.momentum, betas=tuple(c.optim.betas), eta=c.optim.eta,
             exclude_bias_and_norm=c.optim.exclude_bias_and_norm,
-            predictor_prefix="predictor." if own_predictor_rate(c.optim) else None,
+            predictor_prefix="predictor." if own_rate else None,
         )
-        if own_predictor_rate(c.optim) and not any(g.get("predictor") for g in self.optimizer.param_groups):
+        if own_rate and not any(g.get("predictor") for g in self.optimizer.param_groups):
             raise InputError(
                 f"optim.predictor_lr_ratio / optim.predictor_lr_schedule set, but this {c.method.name} run has no "
                 "trained predictor (none, or one set in closed form as DirectPred's); drop them")

@@ -281,13 +281,13 @@ def evaluate(
         [``codes_nmi``, ``codes_ari``, ``codes_acc``], and the same keys prefixed with
         ``baseline_pixels_`` and ``baseline_random_``.
     """
-    run_dir, where = None, None
+    where: CheckpointSource | None = None  # the run (folder, step, checkpoint) the scores are recorded for
     if device is not None:  # a device this machine lacks is a one-line error, before any work
         device = resolve_device(device, "device")
     if isinstance(source, (str, os.PathLike)):
         source = load_checkpoint_source(source)
     if isinstance(source, CheckpointSource):
-        run_dir, where = source.run_dir, source
+        where = source
         dataset = dataset if dataset is not None else source.dataset
         transform = transform if transform is not None else source.transform
         output_key = source.output_key or output_key
@@ -352,15 +352,13 @@ def evaluate(
         random_features = embed(random_init_copy(source, seed=seed))
         random = run_protocols(random_features, protocols, **settings)
         results.update({f"baseline_random_{key}": value for key, value in random.items()})
-    if run_dir is not None and where is not None:
+    if where is not None and where.run_dir is not None:
         recorded = {"knn_k": k, "knn_temperature": temperature} if "knn" in protocols else {}
         scores = {**results, **recorded, **({"step": where.step} if where.step is not None else {})}
-        if where.checkpoint is None:
-            append_to_summary(run_dir, scores)
-        else:  # a kept earlier checkpoint: its own entry, merged with what it already had
-            kept = RunFolder(run_dir).summary().get("eval_checkpoints") or {}
-            append_to_summary(run_dir, {where.checkpoint: {**(kept.get(where.checkpoint) or {}), **scores}},
-                              key="eval_checkpoints")
+        if where.checkpoint is not None:  # a kept earlier checkpoint: its own entry, merged with what it had
+            kept = RunFolder(where.run_dir).summary().get(where.summary_section) or {}
+            scores = {where.checkpoint: {**(kept.get(where.checkpoint) or {}), **scores}}
+        append_to_summary(where.run_dir, scores, key=where.summary_section)
     return results
 
 

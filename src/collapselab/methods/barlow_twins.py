@@ -8,12 +8,12 @@ from typing import ClassVar
 
 import torch
 
+from collapselab._validation import check_number
 from collapselab.losses import barlow_twins
 from collapselab.methods.base import (
     MethodConfig,
     MethodOutput,
     SSLMethod,
-    check_number,
     register_method,
 )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -84,15 +83,6 @@ class SiameseConfig(MethodConfig):
             )
         if self.ema_final is not None and not 0.0 <= float(self.ema_final) <= 1.0:
             raise InputError(f"method.ema_final must be in [0, 1] or null, got {self.ema_final}")
-
-
-def check_number(value: Any, key: str, positive: bool = False) -> float:
-    """``value`` as a float if it is a finite number >= 0 (> 0 with ``positive``); else an
-    :class:`InputError` naming ``key`` (e.g. ``method.temperature``)."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise InputError(f"{key} must be {'> 0' if positive else '>= 0'} and finite, got {value!r}")
-    return float(value)
 
 
 def ema_base(value: Any) -> float | None:

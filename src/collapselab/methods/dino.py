@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from collapselab._validation import InputError
+from collapselab._validation import InputError, check_number
 from collapselab.diagnostics.clusters import code_usage
 from collapselab.engine.schedules import linear_warmup_constant
 from collapselab.losses import dino, dino_center_update
@@ -20,7 +20,6 @@ from collapselab.methods.base import (
     MethodConfig,
     MethodOutput,
     SSLMethod,
-    check_number,
     ema_base,
     register_method,
 )

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from collapselab import distributed
-from collapselab._validation import InputError
+from collapselab._validation import InputError, check_number
 from collapselab.diagnostics.clusters import code_geometry, code_usage
 from collapselab.evaluation.clustering import code_clustering
 from collapselab.losses import falcon_from_logits, falcon_temperature
@@ -20,7 +20,6 @@ from collapselab.methods.base import (
     MethodConfig,
     MethodOutput,
     SSLMethod,
-    check_number,
     register_method,
 )
 from collapselab.models import FALCONProjector, RademacherDictionary

@@ -10,14 +10,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from collapselab._validation import InputError
+from collapselab._validation import InputError, check_number
 from collapselab.losses import MoCoQueue, info_nce
 from collapselab.methods.base import (
     MethodConfig,
     MethodOutput,
     SiameseConfig,
     SiameseMethod,
-    check_number,
     register_method,
 )
 

@@ -12,14 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from collapselab import distributed
-from collapselab._validation import InputError
+from collapselab._validation import InputError, check_number
 from collapselab.diagnostics.clusters import code_usage
 from collapselab.losses import swav
 from collapselab.methods.base import (
     MethodConfig,
     MethodOutput,
     SSLMethod,
-    check_number,
     register_method,
 )
 from collapselab.models import Prototypes
