@@ -201,3 +201,37 @@ def test_state_dict_round_trip_keeps_losses_and_verdict_history() -> None:
     assert other.losses == monitor.losses and other.collapse_loss == 0.0
     assert other.final_verdict() == monitor.final_verdict()
     assert math.isfinite(other.losses[0][1])
+
+
+def cone(seed: int, width: float, n: int = 400, d: int = 32) -> torch.Tensor:
+    """Points around one direction: full rank, spread ≈ width² (for small widths)."""
+    axis = torch.zeros(d)
+    axis[0] = 1.0
+    return axis + width * torch.randn(n, d, generator=_gen(seed))
+
+
+@pytest.mark.parametrize(
+    ("width", "last_loss", "expected"),
+    [
+        (0.55, -0.85, "warning"),  # spread ~0.3× its start, loss 83 % of the way to −1
+        (0.55, -0.50, "healthy"),  # the same cone, the loss 44 % of the way: training may widen it again
+        (0.85, -0.85, "healthy"),  # spread ~0.7× its start: not drawing together
+    ],
+)
+def test_points_drawing_into_a_cone_while_the_loss_nears_its_collapse_value_warn(
+    width: float, last_loss: float, expected: str
+) -> None:
+    """SimSiam without stop-gradient can regain its rank while every output points one way: the
+    spread under half its start with the loss 75 % of the way to the collapse value is a
+    complete-collapse warning; either alone is not."""
+    monitor = CollapseMonitor(collapse_loss=-1.0)
+    monitor.update(0, {"emb": cone(0, 0.1)}, loss=-0.1)
+    monitor.update(1, {"emb": cone(1, 0.1 * width)}, loss=last_loss)
+    ratio = monitor.history["emb"]["spread_vs_reference"][-1]
+    assert ratio == pytest.approx(width**2, rel=0.25)
+    assert monitor.latest["emb"].metrics["effective_rank"] > 20  # no dimensional collapse
+    # the snapshot rule alone (spread against the reference) stays healthy at these ratios
+    assert diagnose(cone(1, 0.1 * width), reference=cone(0, 0.1)).verdict["complete"] == "healthy"
+    assert monitor.levels["emb"]["complete"][-1] == expected
+    if expected == "warning":
+        assert "of the way to the value a collapsed network scores" in monitor.latest["emb"].reasons["complete"]

@@ -39,6 +39,17 @@ collapse value (|L − L*| ≤ 10 % of |L₀ − L*|): the early reorganisation 
 does not take the loss there (the healthy runs of the collapse zoo's calibration half stayed at
 least 26 % of the way away for their whole run), so what the geometry shows from then on is
 reported at once. BYOL without predictor and EMA on digits got there at its second check."""
+LOSS_NEAR_COLLAPSE = 0.25
+"""With :data:`SPREAD_HALVED`: the loss has covered 75 % of the way to its collapse value. Healthy
+runs of the collapse zoo (three replicates) kept at least 25 % of the way left, except
+known-collapse switches (BYOL without a predictor, SimSiam without stop-gradient or predictor)."""
+SPREAD_HALVED = 0.5
+"""A complete-collapse warning when the spread is under half of its start while the loss is near
+its collapse value (:data:`LOSS_NEAR_COLLAPSE`): the points draw into a cone as the loss heads to
+the value a collapsed network scores. Networks at initialisation already map inputs into a narrow
+cone, and training that works widens it (healthy zoo runs kept at least 0.69× their start);
+SimSiam without stop-gradient whose projector regains its rank ends at 0.18-0.30× with its
+negative-cosine loss 84 % of the way to −1, and no other rule sees it."""
 PEAK_FALL = 0.15
 """Effective rank below 15 % of its peak over the run (and below where it started): the whole-run
 trend, which a steady-fall window misses when the fall is fast or noisy."""
@@ -268,6 +279,12 @@ class CollapseMonitor:
             if mode == "band" and level != NOT_APPLICABLE:
                 level, reason = self._band_history(step, name, diag, level, reason)
                 diag.verdict[mode], diag.reasons[mode] = level, reason
+            if mode == "complete" and level == "healthy" and self._drawing_together(step, diag):
+                level = "warning"
+                reason = (f"{reason}; the loss {self.losses[-1][1]:.4g} has gone "
+                          f"{1 - loss_distance_left(self.losses, self.collapse_loss):.0%} of the way to the value a "
+                          f"collapsed network scores ({self.collapse_loss:.4g})")
+                diag.verdict[mode], diag.reasons[mode] = level, reason
             if mode == "complete" and self.collapse_loss is not None and self.losses and self.losses[-1][0] == step \
                     and loss_at_collapse(self.losses, self.collapse_loss):
                 level = worst_level((level, "warning"))
@@ -291,6 +308,13 @@ class CollapseMonitor:
                     alarms.append(Alarm(step, name, mode, level, previous, reason, firsts[mode]))
         self.latest[name] = diag
         return alarms
+
+    def _drawing_together(self, step: int, diag: Diagnosis) -> bool:
+        """The spread fell under :data:`SPREAD_HALVED` of its start while the loss at this check
+        has covered all but :data:`LOSS_NEAR_COLLAPSE` of the way to its collapse value."""
+        vs_ref = diag.metrics.get("spread_vs_reference", math.nan)
+        return (self.collapse_loss is not None and bool(self.losses) and self.losses[-1][0] == step
+                and vs_ref < SPREAD_HALVED and loss_distance_left(self.losses, self.collapse_loss) <= LOSS_NEAR_COLLAPSE)
 
     def _band_history(self, step: int, name: str, diag: Diagnosis, level: str, reason: str) -> tuple[str, str]:
         """The band mode's history rules: a band whose score (:func:`band_score`: its width against
