@@ -70,9 +70,10 @@ def test_module_evaluation_reports_every_protocol_and_both_baselines():
     before = {name: p.clone() for name, p in model.state_dict().items()}
     result = evaluate(model, "digits", k=20, n_init=2)
     expected = {"knn_top1", "knn_top5", "linear_top1", "linear_train_top1", "nmi", "ari", "acc"}
-    assert set(result) == expected | {
+    assert set(result) == expected | {"knn_k", "knn_temperature"} | {
         f"baseline_{b}_{key}" for b in ("pixels", "random") for key in expected
     }
+    assert (result.pop("knn_k"), result.pop("knn_temperature")) == (20, 0.1)  # the settings used
     assert all(0.0 <= value <= 1.0 for value in result.values())
     # Frozen: weights (and BatchNorm running statistics) unchanged, training mode restored.
     assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())

@@ -42,7 +42,16 @@ def test_json_output_holds_the_requested_protocols_only(features_file, capsys):
     )
     results = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert set(results) == {"knn_top1", "knn_top5"} and 0.5 < results["knn_top1"] <= 1.0
+    assert set(results) == {"knn_top1", "knn_top5", "knn_k", "knn_temperature"} and 0.5 < results["knn_top1"] <= 1.0
+    assert results["knn_k"] == 20 and results["knn_temperature"] == 0.1
+
+
+def test_a_k_larger_than_the_bank_is_capped_and_the_k_used_is_printed(features_file, capsys):
+    bank = len(get_dataset("digits", "train"))
+    code = _main(["eval", "--features", str(features_file), "--protocol", "knn", "--k", str(bank + 1000)])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert f"using k={bank}" in err and f"kNN: k={bank} neighbours" in err and f"k={bank + 1000} neighbours" not in err
 
 
 def test_table_puts_the_raw_pixel_baseline_beside_the_features(features_file, capsys):

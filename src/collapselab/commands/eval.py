@@ -140,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
             results = _evaluate(source, args)
         for warning in caught:
             print(f"note: {warning.message}", file=sys.stderr)
-        capped = any(str(w.message).startswith("kNN: k=") for w in caught)  # the note says the k used
     except (InputError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -148,13 +147,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
     else:
         print(format_table(results))
-        if "knn_top1" in results and not capped:
-            from collapselab.evaluation.knn import DEFAULT_K, DEFAULT_TEMPERATURE
-
-            k = args.k if args.k is not None else getattr(source, "knn_k", None) or DEFAULT_K
-            tau = args.temperature if args.temperature is not None else (
-                getattr(source, "knn_temperature", None) or DEFAULT_TEMPERATURE)
-            print(f"kNN: k={k} neighbours, vote temperature τ={tau}", file=sys.stderr)
+        if "knn_k" in results:
+            print(f"kNN: k={results['knn_k']} neighbours, vote temperature τ={results['knn_temperature']}",
+                  file=sys.stderr)
     run_dir = getattr(source, "run_dir", None)
     if run_dir is not None:
         where = sys.stderr if args.json else sys.stdout  # keep --json output parseable

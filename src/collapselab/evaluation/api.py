@@ -279,7 +279,8 @@ def evaluate(
         Flat dict of floats (accuracies and scores as fractions in [0, 1]): ``knn_top1``,
         ``knn_top5``, ``linear_top1``, ``linear_train_top1``, ``nmi``, ``ari``, ``acc``
         [``codes_nmi``, ``codes_ari``, ``codes_acc``], and the same keys prefixed with
-        ``baseline_pixels_`` and ``baseline_random_``.
+        ``baseline_pixels_`` and ``baseline_random_``; with the kNN also the settings it used,
+        ``knn_k`` (after any cap) and ``knn_temperature``.
     """
     where: CheckpointSource | None = None  # the run (folder, step, checkpoint) the scores are recorded for
     if device is not None:  # a device this machine lacks is a one-line error, before any work
@@ -352,9 +353,10 @@ def evaluate(
         random_features = embed(random_init_copy(source, seed=seed))
         random = run_protocols(random_features, protocols, **settings)
         results.update({f"baseline_random_{key}": value for key, value in random.items()})
+    if "knn" in protocols:  # the settings used (k capped at the bank's size)
+        results.update(knn_k=k, knn_temperature=temperature)
     if where is not None and where.run_dir is not None:
-        recorded = {"knn_k": k, "knn_temperature": temperature} if "knn" in protocols else {}
-        scores = {**results, **recorded, **({"step": where.step} if where.step is not None else {})}
+        scores = {**results, **({"step": where.step} if where.step is not None else {})}
         if where.checkpoint is not None:  # a kept earlier checkpoint: its own entry, merged with what it had
             kept = RunFolder(where.run_dir).summary().get(where.summary_section) or {}
             scores = {where.checkpoint: {**(kept.get(where.checkpoint) or {}), **scores}}
