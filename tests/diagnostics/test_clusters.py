@@ -77,6 +77,33 @@ def test_tight_clusters_flag_intracluster_collapse() -> None:
     assert dg.diagnose(loose, labels=labels).verdict["intracluster"] == "healthy"
 
 
+@pytest.mark.parametrize(
+    ("members", "scale", "expected"),
+    [
+        (30, 1e-4, "warning"),  # one cluster of 30 shrunk to a point among healthy clusters
+        (30, 0.3, "healthy"),  # tight (~0.007 of the total spread) but not a point
+        (3, 0.0, "healthy"),  # three identical inputs: too few to call a cluster collapsed
+    ],
+)
+def test_a_single_cluster_shrunk_to_a_point_warns_only_when_it_has_members_enough(
+    members: int, scale: float, expected: str
+) -> None:
+    g = torch.Generator().manual_seed(4)
+    labels = torch.cat([torch.arange(10).repeat_interleave(30), torch.full((members,), 10)])
+    centres = torch.randn(11, 16, generator=g) * 3
+    spread = torch.full((len(labels), 1), 2.0)
+    spread[labels == 10] = scale
+    z = centres[labels] + spread * torch.randn(len(labels), 16, generator=g)
+    out = dg.intracluster_spread(z, labels)
+    assert out["intracluster_ratio"] > 0.05  # the clusters' mean is healthy
+    d = dg.diagnose(z, labels=labels)
+    assert d.verdict["intracluster"] == expected
+    if expected == "warning":
+        assert out["intracluster_min_ratio"] < 1e-3 and "one cluster is at" in d.reasons["intracluster"]
+    if members < dg.clusters.MIN_CLUSTER_MEMBERS:
+        assert out["intracluster_min_ratio"] > 1e-3  # the 3-member cluster is left out of the minimum
+
+
 def test_intracluster_with_kmeans_finds_planted_clusters() -> None:
     g = torch.Generator().manual_seed(2)
     labels = torch.arange(3).repeat_interleave(40)

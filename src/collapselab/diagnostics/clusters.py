@@ -120,6 +120,12 @@ def kmeans_assignments(
     return torch.from_numpy(km.fit_predict(x.cpu().numpy()).astype(np.int64))
 
 
+MIN_CLUSTER_MEMBERS = 5
+"""Clusters smaller than this are left out of ``intracluster_min_ratio``: two or three similar
+inputs sit close together by chance (a healthy SwAV run on digits had a 30-code cluster at 0.004
+of the total spread while the clusters' mean was 0.14), which says nothing about collapse."""
+
+
 def intracluster_spread(
     z: ArrayLike,
     labels: ArrayLike | None = None,
@@ -132,8 +138,9 @@ def intracluster_spread(
     With cluster means μ_k and overall mean z̄:
     W = (1/N) Σ_k Σ_{i∈k} ‖z_i − μ_k‖², T = (1/N) Σ_i ‖z_i − z̄‖² = tr Σ, and
     ``intracluster_ratio`` = W / T ∈ [0, 1] (1 − the k-means "explained" fraction). Per cluster k
-    with ≥ 2 members, s_k = mean_{i∈k} ‖z_i − μ_k‖² / T; ``intracluster_min_ratio`` = min_k s_k
-    flags a single collapsed cluster. Clusters come from ``labels`` (N,) or, if absent, from
+    with at least :data:`MIN_CLUSTER_MEMBERS` members, s_k = mean_{i∈k} ‖z_i − μ_k‖² / T;
+    ``intracluster_min_ratio`` = min_k s_k (nan if no cluster is that large) flags a single
+    collapsed cluster. Clusters come from ``labels`` (N,) or, if absent, from
     k-means with ``n_clusters``. A negative label (-1) marks an unlabelled row, as in the
     datasets: such rows are left out (W and T are over the labelled rows), and labels with no
     labelled row are an :class:`InputError`. When T = 0 (complete collapse) both ratios are 0.
@@ -162,7 +169,7 @@ def intracluster_spread(
     within_sq = (x - means[lab]).pow(2).sum(dim=1)
     per_cluster = onehot.T @ within_sq
     total = float((x - x.mean(dim=0, keepdim=True)).pow(2).sum(dim=1).mean())
-    big = sizes >= 2
+    big = sizes >= MIN_CLUSTER_MEMBERS
     if total == 0.0:
         ratio, min_ratio = 0.0, 0.0
     else:
