@@ -81,8 +81,9 @@ def test_tiny_run_exits_0_and_says_where_it_wrote(tmp_path: Path, capsys: pytest
     run_dir = tmp_path / "x"
     assert f"run written to {run_dir}/" in out
     assert "byol on digits: completed after 1 epochs, 2 steps" in out
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt", "report.html"):
         assert (run_dir / name).is_file(), name
+    assert f"report: {run_dir / 'report.html'}" in out
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
     # the same folder again without --resume is refused; with --resume it continues
@@ -90,6 +91,14 @@ def test_tiny_run_exits_0_and_says_where_it_wrote(tmp_path: Path, capsys: pytest
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "--resume", str(run_dir), "train.epochs=2"]) == EXIT_OK
     assert "completed after 2 epochs, 4 steps" in capsys.readouterr().out
+
+
+def test_log_report_false_writes_and_prints_no_report(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "byol", "digits", *tiny_overrides(tmp_path), "log.report=false"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "report:" not in out
+    assert not (tmp_path / "x" / "report.html").exists()
 
 
 def test_training_failure_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -1,4 +1,4 @@
-"""Calibration cases on real networks (science.md §1): random initialisation, healthy training,
+"""Calibration cases on real networks: random initialisation, healthy training,
 and genuinely collapsed training must get the verdicts they deserve.
 
 The networks, augmentations and objectives are those of ``benchmarks/diagnostics_calibration.py``

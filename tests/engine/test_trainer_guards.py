@@ -147,6 +147,21 @@ def test_sigterm_ends_the_run_interrupted_with_its_summary_and_checkpoint(
     assert resumed.summary["status"] == "completed" and resumed.summary["epochs_completed"] == 2
 
 
+def test_sigterm_during_the_final_evaluation_still_writes_an_interrupted_summary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def terminate(self: Trainer) -> dict[str, float]:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return {}
+
+    monkeypatch.setattr(Trainer, "final_evaluation", terminate)
+    with pytest.raises(KeyboardInterrupt):
+        collapselab.train("byol", "digits", **tiny(tmp_path, "late", eval={"final": True}))
+    summary = RunFolder(tmp_path / "late").summary()
+    assert summary["status"] == "interrupted" and summary["stop_reason"] == "SIGTERM"
+    assert summary["epochs_completed"] == 2
+    assert (tmp_path / "late" / "checkpoints" / "last.pt").is_file()
+
+
 def test_weights_that_diverge_after_the_last_finite_loss_are_reported_as_divergence(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     original = Trainer._step

@@ -901,7 +901,13 @@ class Trainer:
         if self.stop_reason is not None:
             status = "stopped"
             self._write(f"stopped: {self.stop_reason}")
-        final = self.final_evaluation() if c.eval.final and self.main else {}
+        try:
+            final = self.final_evaluation() if c.eval.final and self.main else {}
+        except KeyboardInterrupt as err:  # a time limit during the final evaluation: training is done and kept
+            self.stop_reason = "SIGTERM" if isinstance(err, Terminated) else "SIGINT (Ctrl-C)"
+            self._write_summary("interrupted", time.perf_counter() - start_wall, None)
+            self.logger.close()
+            raise
         summary = self._write_summary(status, time.perf_counter() - start_wall, final)
         self.logger.close()
         history = read_metrics(self.run_dir / "metrics.jsonl") if self.main else []
