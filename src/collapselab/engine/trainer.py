@@ -888,9 +888,7 @@ class Trainer:
                     self._write(note)
         except KeyboardInterrupt as err:
             self._finish()
-            self.stop_reason = "SIGTERM" if isinstance(err, Terminated) else "SIGINT (Ctrl-C)"
-            self._write_summary("interrupted", time.perf_counter() - start_wall, None)
-            self.logger.close()
+            self._record_interrupt(err, start_wall)
             raise
         except Exception as err:
             self._finish()
@@ -904,9 +902,7 @@ class Trainer:
         try:
             final = self.final_evaluation() if c.eval.final and self.main else {}
         except KeyboardInterrupt as err:  # a time limit during the final evaluation: training is done and kept
-            self.stop_reason = "SIGTERM" if isinstance(err, Terminated) else "SIGINT (Ctrl-C)"
-            self._write_summary("interrupted", time.perf_counter() - start_wall, None)
-            self.logger.close()
+            self._record_interrupt(err, start_wall)
             raise
         summary = self._write_summary(status, time.perf_counter() - start_wall, final)
         self.logger.close()
@@ -914,6 +910,12 @@ class Trainer:
         if self.is_distributed:
             distributed.barrier()
         return Run(self.run_dir, c, summary, self.method, history)
+
+    def _record_interrupt(self, err: KeyboardInterrupt, start_wall: float) -> None:
+        """Write the ``interrupted`` summary naming the signal, and close the log."""
+        self.stop_reason = "SIGTERM" if isinstance(err, Terminated) else "SIGINT (Ctrl-C)"
+        self._write_summary("interrupted", time.perf_counter() - start_wall, None)
+        self.logger.close()
 
     def _finish(self) -> None:
         """Hand back eager modules (the final evaluation and the caller get plain networks) and
