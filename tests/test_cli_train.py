@@ -4,6 +4,7 @@ run, and the method list with switches."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 import yaml
 
 from collapselab.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, main
+from collapselab.engine.trainer import Trainer
 from collapselab.methods import BYOL, METHODS, MethodOutput, available_methods
 
 torch.set_num_threads(1)
@@ -111,8 +113,74 @@ def test_training_failure_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[
 
     monkeypatch.setattr(BYOL, "forward", nan_forward)
     assert main(["train", "byol", "digits", *tiny_overrides(tmp_path)]) == EXIT_FAIL
-    err = capsys.readouterr().err
-    assert err.startswith("training failed: loss is nan at step 1 ")
+    captured = capsys.readouterr()
+    assert captured.err.startswith("training failed: loss is nan at step 1 ")
+    # the failed run still gets its report: diverged at step 1, so no epoch row to plot
+    html = tmp_path / "x" / "report.html"
+    assert f"report: {html}" in captured.out
+    assert "error: loss is nan at step 1 " in html.read_text(encoding="utf-8")
+    assert json.loads((tmp_path / "x" / "summary.json").read_text())["status"] == "failed"
+
+    # a report that cannot be written is a one-line warning; the failure and its exit code stay
+    def broken_report(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no plots today")
+
+    monkeypatch.setattr("collapselab.report.html.write_report", broken_report)
+    assert main(["train", "byol", "digits", *tiny_overrides(tmp_path, "y")]) == EXIT_FAIL
+    captured = capsys.readouterr()
+    assert captured.err.startswith("training failed: loss is nan at step 1 ")
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "no plots today" in warnings[0]
+    assert "report:" not in captured.out and not (tmp_path / "y" / "report.html").exists()
+
+
+def test_interrupted_run_writes_its_report_and_exits_130(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Trainer._save
+
+    def save_then_interrupt(self: Trainer) -> None:
+        original(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save", save_then_interrupt)
+    assert main(["train", "byol", "digits", *tiny_overrides(tmp_path)]) == 128 + 2
+    captured = capsys.readouterr()
+    assert captured.err.rstrip().endswith("interrupted")
+    html = tmp_path / "x" / "report.html"
+    assert f"report: {html}" in captured.out
+    assert "stop reason: SIGINT (Ctrl-C)" in html.read_text(encoding="utf-8")
+    assert json.loads((tmp_path / "x" / "summary.json").read_text())["status"] == "interrupted"
+
+    # log.report=false: no report, failed or interrupted
+    assert main(["train", "byol", "digits", *tiny_overrides(tmp_path, "y"), "log.report=false"]) == 128 + 2
+    assert "report:" not in capsys.readouterr().out
+    assert not (tmp_path / "y" / "report.html").exists()
+
+
+def test_a_config_write_that_dies_half_way_leaves_the_earlier_config_whole(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["train", "byol", "digits", *tiny_overrides(tmp_path), "log.report=false"]) == EXIT_OK
+    config = tmp_path / "x" / "config.yaml"
+    before = config.read_text()
+    write_text, replace = Path.write_text, os.replace
+
+    def half_then_crash(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        if self.name != "config.yaml":
+            return write_text(self, data, *args, **kwargs)  # type: ignore[arg-type]
+        write_text(self, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    def crash_on_config(src: str, dst: str | Path, *args: object, **kwargs: object) -> None:
+        if Path(dst).name == "config.yaml":
+            raise OSError(28, "No space left on device")
+        replace(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", half_then_crash)  # a direct write dies half-way
+    monkeypatch.setattr(os, "replace", crash_on_config)  # an atomic one before its rename
+    assert main(["train", "--resume", str(tmp_path / "x"), "train.epochs=2"]) == EXIT_USAGE
+    assert "No space left on device" in capsys.readouterr().err
+    assert config.read_text() == before
+    assert [p.name for p in config.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_methods_lists_every_method_with_its_switches(capsys: pytest.CaptureFixture[str]) -> None:

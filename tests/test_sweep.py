@@ -226,6 +226,14 @@ def test_in_process_cells_write_their_own_report_as_worker_cells_do(tmp_path: Pa
     assert (tmp_path / "s" / "report.html").is_file()  # and the sweep's side-by-side one
 
 
+def test_an_in_process_cell_that_fails_writes_its_report_as_a_worker_cell_does(tmp_path: Path) -> None:
+    fixed = [*(t for t in TINY if not t.startswith("log.report")), "log.report=true"]
+    sweep = Sweep("byol_digits", axes={"optim.lr": ["1e30"]}, fixed=fixed, out=str(tmp_path), name="s")
+    [result] = run_sweep(sweep, log=lambda line: None, warn=pytest.fail)
+    assert result.status == "failed"
+    assert "error: loss is nan at step " in (result.cell.dir / "report.html").read_text(encoding="utf-8")
+
+
 # --------------------------------------------------------------------------- clusters
 
 
@@ -274,6 +282,26 @@ def test_parallel_workers_train_two_cells_with_their_logs(tmp_path: Path) -> Non
         log = (r.cell.dir / "sweep.log").read_text()
         assert "-m collapselab train" in log and "train.threads=1" in log
     assert len(read_csv(tmp_path / "s" / "sweep.csv")) == 2
+
+
+def test_a_failing_cell_under_parallel_workers_is_recorded_as_in_process(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The sequential failing-cell test's grid with --parallel 2: the same table, reason and exit code."""
+    argv = ["sweep", "byol_digits", "optim.lr=0.5,1e30", *TINY, "--out", str(tmp_path), "--name", "s",
+            "--parallel", "2"]
+    assert main(argv) == EXIT_FAIL
+    rows = {r["cell"]: r for r in read_csv(tmp_path / "s" / "sweep.csv")}
+    assert rows["lr=0.5"]["status"] == "completed" and rows["lr=0.5"]["error"] == ""
+    assert rows["lr=1e30"]["status"] == "failed"
+    assert rows["lr=1e30"]["error"].startswith("loss is nan at step ")
+    assert "\n" not in rows["lr=1e30"]["error"]
+    out = capsys.readouterr().out
+    assert "1 completed, 1 failed" in out
+    assert "lr=1e30: failed in" in out and "(loss is nan at step " in out  # the progress line's reason
+    failed_row = next(line for line in out.splitlines() if line.startswith("lr=1e30 "))
+    assert "failed" in failed_row and "(loss is nan at step " in failed_row  # and the table's
+    log = (tmp_path / "s" / "lr=1e30" / "sweep.log").read_text()
+    assert "-m collapselab train" in log and "training failed: loss is nan" in log
 
 
 def test_a_printed_command_run_twice_resumes_or_leaves_its_finished_cell(

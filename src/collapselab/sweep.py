@@ -537,9 +537,9 @@ def _first_line(err: BaseException) -> str:
 
 def run_in_process(sweep: Sweep, cell: Cell, resume: bool, warn: Callable[[str], None]) -> str | None:
     """Train ``cell`` here (``collapselab.engine.trainer.train``); the error's first line, or None.
-    Writes the cell's own ``report.html`` (``log.report``), as ``collapselab train`` does in a
-    worker; a failing report costs a warning, not the cell."""
-    from collapselab.engine.trainer import train
+    Writes the cell's own ``report.html`` (``log.report``), failed training included, as
+    ``collapselab train`` does in a worker; a failing report costs a warning, not the cell."""
+    from collapselab.engine.trainer import TrainingError, train
 
     try:
         if resume:
@@ -549,12 +549,29 @@ def run_in_process(sweep: Sweep, cell: Cell, resume: bool, warn: Callable[[str],
             run = train(base.method, base.dataset, config=base.config_file,
                         overrides=[*base.overrides, *sweep.fixed, *cell.overrides, *sweep.run_overrides(cell)])
     except Exception as err:
+        if isinstance(err, TrainingError):
+            report_failed_cell(cell, warn)
         return _first_line(err)
     if run.config.log.report:
         from collapselab.report import write_run_report
 
         write_run_report(run.dir, warn)
     return None
+
+
+def report_failed_cell(cell: Cell, warn: Callable[[str], None]) -> None:
+    """``report.html`` of a cell whose training failed once its summary is written (``log.report``
+    of its ``config.yaml``)."""
+    folder = RunFolder(cell.dir)
+    try:
+        log = folder.config_dict().get("log") or {}
+        wanted = folder.summary_path.is_file() and log.get("report", True)
+    except InputError:
+        return
+    if wanted:
+        from collapselab.report import write_run_report
+
+        write_run_report(cell.dir, warn)
 
 
 def worker_command(sweep: Sweep, cell: Cell, resume: bool, threads: int | None) -> list[str]:

@@ -254,6 +254,25 @@ def test_codes_hashed_from_a_rank_one_embedding_have_maximal_entropy_while_the_g
     assert "not of the geometry" in d.reasons["cluster"]
 
 
+def test_the_report_explains_why_even_code_usage_says_nothing_of_the_geometry(tmp_path) -> None:
+    """The run report's verdict table carries the entropy-is-not-geometry sentence beside a healthy
+    cluster verdict and a collapsed dimensional one (a run folder holding only its summary)."""
+    from collapselab.report import render_report
+    from collapselab.runs import RunFolder
+
+    z, codes = rank_one_with_hashed_codes()
+    d = diagnose(z, codes=codes)
+    folder = RunFolder(tmp_path / "hashed")
+    folder.path.mkdir()
+    folder.write_summary({"status": "completed", "method": "falcon", "dataset": "synthetic",
+                          "diagnosis": {"emb": d.to_dict()}})
+    page = render_report([folder.path])
+    rows = [r for r in page.split("<tr>") if "cluster" in r or "dimensional" in r]
+    cluster = next(r for r in rows if ">cluster<" in r)
+    dimensional = next(r for r in rows if ">dimensional<" in r)
+    assert "healthy" in cluster and "not of the geometry" in cluster
+    assert "collapsed" in dimensional
+
 def test_the_entropy_note_is_absent_when_the_geometry_is_not_collapsed() -> None:
     z = _z(2000, 32)
     d = diagnose(z, codes=hashed_codes(z, 32))

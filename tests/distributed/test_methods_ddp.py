@@ -1,12 +1,14 @@
 """One optimiser step of VICReg, MoCo, FALCON, Composite, DINO, SwAV and I-JEPA under DistributedDataParallel
-(two gloo ranks on CPU) against one process holding the global batch.
+(two gloo ranks on CPU) against one process holding the global batch; with per-rank BatchNorm
+also BYOL, Barlow Twins, SimCLR and SimSiam.
 
-Launched like ``test_trainer_ddp.py`` (which covers BYOL, Barlow Twins and SimCLR): the parent
-starts this file as two ranks; each takes its half of a fixed float64 batch of fixed views, does
-one plain SGD step (no momentum, no weight decay: the update is lr·grad, and DDP's gradient is the
-mean over ranks) followed by the method's after-step hook (MoCo's EMA key encoder, DINO's EMA
-teacher, I-JEPA's EMA target encoder), and saves its ``state_dict``. The parent replays the step
-in one process and compares, to 1e-10 (float64).
+Launched like ``test_trainer_ddp.py`` (which covers BYOL, Barlow Twins and SimCLR without
+BatchNorm and with SyncBatchNorm): the parent starts this file as two ranks; each takes its half
+of a fixed float64 batch of fixed views, does one plain SGD step (no momentum, no weight decay:
+the update is lr·grad, and DDP's gradient is the mean over ranks) followed by the method's
+after-step hook (MoCo's EMA key encoder, DINO's EMA teacher, I-JEPA's EMA target encoder, BYOL's
+EMA target), and saves its ``state_dict``. The parent replays the step in one process and
+compares, to 1e-10 (float64).
 
 The losses cover the three distributed semantics: VICReg (``all_reduce`` moments), FALCON
 (``all_reduce`` code marginal, τ from the global batch), MoCo (``local`` InfoNCE, with the key
@@ -44,12 +46,13 @@ every view), so a BatchNorm input of V·WN rows is V blocks of WN, and rank r's 
 built by :func:`split_batchnorm`. Its parameters after the step are the same for both ranks;
 its running statistics are those of rank r's rows, so the reference state for rank r takes the
 running statistics of rank r (and MoCo's EMA target, which copies the online buffers in
-``after_step``, copies those of rank r, as rank r does; DINO's EMA teacher keeps its own
-BatchNorm statistics, from its own per-rank forwards).
+``after_step``, copies those of rank r, as rank r does, and so does BYOL's; DINO's EMA teacher
+keeps its own BatchNorm statistics, from its own per-rank forwards).
 
 So the checks are:
 
-- no BatchNorm anywhere (all but FALCON, whose projector BN is mandatory): the DDP step equals
+- no BatchNorm anywhere (all but FALCON, whose projector BN is mandatory, and BYOL, Barlow
+  Twins, SimCLR and SimSiam, checked here with BatchNorm only): the DDP step equals
   the plain single-process global-batch step (I-JEPA: with each rank's masks, see above);
 - BatchNorm in the backbone and in the projector / head (all but I-JEPA): the DDP step equals reference (a),
   parameters and buffers, on both ranks; and (b), the documented difference: it does *not* equal
@@ -77,9 +80,16 @@ WORLD = 2
 N = 8  # rows per rank; the global batch has WORLD * N rows
 LR = 0.1
 TIMEOUT_S = 30.0
-METHODS = ("vicreg", "moco", "falcon", "composite", "dino", "swav", "ijepa")
-NO_BN_METHODS = ("vicreg", "moco", "composite", "dino", "swav", "ijepa")  # FALCON refuses projector_bn=false
-BN_METHODS = ("vicreg", "moco", "falcon", "composite", "dino", "swav")  # not I-JEPA: a ViT has no BatchNorm
+METHODS = (
+    "vicreg", "moco", "falcon", "composite", "dino", "swav", "ijepa",
+    "byol", "barlow_twins", "simclr", "simsiam",
+)
+# FALCON refuses projector_bn=false; BYOL, Barlow Twins, SimCLR without BN: test_trainer_ddp.py
+NO_BN_METHODS = ("vicreg", "moco", "composite", "dino", "swav", "ijepa")
+BN_METHODS = (  # not I-JEPA: a ViT has no BatchNorm
+    "vicreg", "moco", "falcon", "composite", "dino", "swav",
+    "byol", "barlow_twins", "simclr", "simsiam",
+)
 PER_RANK_MASKS = ("ijepa",)  # masks drawn per rank (rank in the seed): the reference draws them per rank
 IJEPA_MASKS = {"num_targets": 2, "target_scale": [0.1, 0.15], "min_keep": 4}  # 4x4 grid (8x8, patch 2)
 IJEPA_EMA = 0.9  # τ at step 0 (linear schedule): a target move of (1 − τ)·lr·grad, far above 1e-10
@@ -125,6 +135,8 @@ def build(name: str, bn: bool) -> nn.Module:
         config.out_dim = 32  # K; the centre update all-reduces the teacher mean over ranks
     elif name == "swav":
         config.n_prototypes = 24  # Sinkhorn sums over the global batch (all-reduce)
+    elif name in ("byol", "simsiam"):
+        config.predictor_hidden_dim = 16  # the MLP predictor, with its BatchNorm (the default)
     backbone = build_backbone("small_cnn", in_channels=1, width=8, bn=bn)
     return build_method(config, backbone).to(torch.float64)
 
@@ -375,16 +387,19 @@ def test_ddp_step_with_batchnorm_equals_global_batch_step_with_per_rank_batchnor
 @pytest.mark.parametrize("name", BN_METHODS)
 def test_ddp_step_with_batchnorm_differs_from_full_batch_batchnorm_step(ranks, name):
     """(b), the documented difference: without SyncBatchNorm, the DDP step is not the step with
-    full-batch BatchNorm statistics, and each rank keeps the running statistics of its own rows."""
+    full-batch BatchNorm statistics, and each rank keeps the running statistics of its own rows
+    (in every BatchNorm the running mean or the running variance differs between the ranks: the
+    mean alone can agree, at 0, as in SimSiam's predictor, whose BatchNorm follows a bias-free
+    Linear of the projector's affine-free output BatchNorm, zero-mean on every rank's rows)."""
     full = reference(name, bn=True, per_rank_bn=False)[0]
     got = [ranks[r][f"{name}/bn"] for r in range(WORLD)]
     params = [k for k in full if not is_bn_buffer(k) and k.startswith(("backbone.", *HEADS))]
     gap = max(float((got[0][k] - full[k]).abs().max()) for k in params)
     assert gap > 1e-6, f"{name}: the DDP step with BatchNorm equals the full-batch-BN step"
-    buffers = [k for k in full if k.endswith("running_mean")]
-    assert buffers and all(not torch.allclose(got[0][k], got[1][k]) for k in buffers), (
-        "the ranks' running statistics should come from their own rows"
-    )
+    bns = [k.removesuffix("running_mean") for k in full if k.endswith("running_mean")]
+    stats = ("running_mean", "running_var")
+    same = [bn for bn in bns if all(torch.allclose(got[0][bn + s], got[1][bn + s]) for s in stats)]
+    assert bns and not same, f"ranks share running statistics (not their own rows'): {same}"
     for k in params:
         assert torch.equal(got[0][k], got[1][k]), f"{name}: ranks' parameters differ at {k}"
 

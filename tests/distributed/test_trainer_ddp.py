@@ -9,6 +9,8 @@ What must hold:
 - ``collapselab.train`` on 2 ranks finishes, the ranks end with identical parameters (DDP keeps
   them in step) and buffers, and only rank 0 writes files. Each rank gets its own ``run.out_dir``
   here, so a write by rank 1 (which must write nothing) shows up as a file under its folder.
+- ``collapselab.train`` on 2 ranks with batch B each (VICReg without BatchNorm, views that use no
+  random number) equals one process with batch 2B: final parameters and the loss of each step.
 - One optimiser step of a method on 2 ranks, each taking half of a fixed batch of fixed views,
   equals one step in a single process on the whole batch, for the three distributed semantics of
   the losses: ``local`` (BYOL, with its EMA update after the step), ``all_reduce`` (Barlow
@@ -117,6 +119,54 @@ def train_on_rank(out_dir: Path, rank: int, sync_bn: bool, budget: str | None = 
     return {"state": state, "summary": json.dumps(run.summary, default=str)}
 
 
+GLOBAL_BATCH_PER_RANK = 32  # B: each rank's batch; the single process takes WORLD * B
+GLOBAL_BATCH_STEPS = 4
+# views that use no random number: the whole 8x8 image (crop of area and aspect ratio 1, hence at
+# offset 0), once as it is and once mirrored (flip probability 0 and 1), nothing else
+FIXED_VIEWS = {
+    "recipe": "custom",
+    "crop_scale": [1.0, 1.0],
+    "crop_ratio": [1.0, 1.0],
+    "jitter_p": 0.0,
+    "grayscale_p": 0.0,
+    "blur_p": 0.0,
+    "solarize_p": 0.0,
+    "views": {"plain": {"flip_p": 0.0}, "mirrored": {"flip_p": 1.0}},
+}
+
+
+def global_batch_run(out_dir: Path, batch_size: int) -> dict[str, object]:
+    """``collapselab.train`` of VICReg without any BatchNorm (backbone and projector) on fixed
+    views, plain momentum SGD, float32, ``GLOBAL_BATCH_STEPS`` steps of ``batch_size`` images per
+    process; the final ``state_dict`` and the logged loss of every step (rank 0's
+    ``metrics.jsonl``: under DDP the mean of the ranks' losses)."""
+    import collapselab
+
+    try:
+        run = collapselab.train(
+            "vicreg",
+            "digits",
+            model={"backbone": "small_cnn", "backbone_args": {"width": 8, "bn": False}},
+            method={"projector_bn": False, "projector_hidden_dim": 32, "projector_out_dim": 16},
+            data={"batch_size": batch_size, "augment": FIXED_VIEWS},
+            optim={"name": "sgd", "lr": 2.0, "warmup_epochs": 0},
+            train={"steps": GLOBAL_BATCH_STEPS, "threads": 1, "adapt_threads": False,
+                   "device": "cpu", "compile": "off", "amp": "off"},
+            monitor={"enabled": False},
+            log={"progress": False, "tensorboard": False, "every": 1, "report": False},
+            eval={"final": False, "knn_every": 0},
+            run={"name": "global_batch", "out_dir": str(out_dir)},
+        )
+    except Exception as err:  # reported to the parent, which fails with it
+        return {"error": f"{type(err).__name__}: {err}"}
+    metrics = out_dir / "global_batch" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.exists() else []  # rank 0 writes it
+    losses = [r["loss"] for r in map(json.loads, lines) if r.get("kind") == "train"]
+    state = {k: v.detach().clone() for k, v in run.method.state_dict().items()}
+    return {"state": state, "losses": torch.tensor(losses, dtype=torch.float64),
+            "world_size": run.summary["world_size"], "steps": run.summary["steps"]}
+
+
 SWAV_QUEUE = 320  # rows over both ranks: 160 per rank = 5 batches of 32, so after 6 steps the
 # oldest rows a rank holds come from the first epoch, before the end-of-epoch checkpoint
 
@@ -196,6 +246,9 @@ def worker(out_dir: Path) -> None:
         "trainer_sync_bn": train_on_rank(out_dir / "sync_bn", rank, sync_bn=True),
         "trainer_budget": train_on_rank(out_dir / "budget", rank, sync_bn=False, budget="2s"),
     }
+    results["global_batch"] = global_batch_run(
+        out_dir / "global" / f"rank{rank}", GLOBAL_BATCH_PER_RANK
+    )
     assert distributed.init_from_env(timeout_s=TIMEOUT_S)  # already up: train() started it
     results["swav_resume"] = swav_resume_on_rank(out_dir / "swav")
     results["steps"] = ddp_steps_on_rank(rank)
@@ -308,6 +361,47 @@ def test_trainer_ddp_keeps_each_ranks_swav_queue_its_own(ranks):
     for crop in range(queues[0].shape[0]):
         shared = (queues[0][crop][:, None, :] == queues[1][crop][None, :, :]).all(-1).any(1)
         assert not shared.any(), f"crop {crop}: {int(shared.sum())} of rank 0's queue rows are also rank 1's"
+
+
+def test_trainer_ddp_equals_one_process_with_the_global_batch(ranks, tmp_path):
+    """``collapselab.train`` on 2 ranks with batch B each equals ``collapselab.train`` in one
+    process with batch 2B: same final parameters on both ranks, same loss at every step.
+
+    Why the two runs see the same global batches: the loader shards like ``DistributedSampler``
+    (one permutation seeded by ``train.seed``; rank r takes every 2nd index from r), so step k's
+    two rank batches together hold indices [2kB, 2(k+1)B) of that permutation, the one-process
+    batch of step k; the views use no random number (``FIXED_VIEWS``), so each image gives the
+    same two views on every process whatever its augmentation stream. Why the gradients match:
+    no BatchNorm anywhere (per-rank statistics would differ), VICReg's variance and covariance
+    come from moments all-reduced over the ranks and its invariance term is a per-row mean (equal
+    B: DDP's mean of the ranks' gradients is the global one), the learning rate depends on the
+    global batch only, and momentum SGD (weight decay included) is linear in the gradient.
+    Tolerance: the trainer has no float64 mode, so these are float32 runs, and the two runs sum
+    the same terms in a different order (two half-batch partial sums then the all-reduce,
+    against one sum). Measured
+    over the 4 steps: parameters within 4e-8 and losses (~24.7) within 1e-6, one float32 ulp;
+    whereas rank-local VICReg moments (no all-reduce) move parameters by ~2e-3 and losses by
+    ~7e-2, and training on B instead of 2B images per step moves parameters by ~8e-2. So
+    atol = rtol = 1e-5: far above the rounding, far below any of those errors."""
+    reference = global_batch_run(tmp_path, WORLD * GLOBAL_BATCH_PER_RANK)
+    assert "error" not in reference, reference.get("error")
+    assert reference["world_size"] == 1 and reference["steps"] == GLOBAL_BATCH_STEPS
+    results = trained(ranks[1], "global_batch")
+    assert results[0]["world_size"] == WORLD and results[0]["steps"] == GLOBAL_BATCH_STEPS
+    expected = reference["state"]
+    assert not any(is_buffer(k) for k in expected), "a BatchNorm is left"
+    losses = reference["losses"]
+    assert len(losses) == GLOBAL_BATCH_STEPS
+    assert float((losses[0] - losses[-1]).abs()) > 1e-3, "vacuous: the loss did not move"
+    torch.testing.assert_close(results[0]["losses"], losses, atol=1e-5, rtol=1e-5,
+                               msg=lambda m: f"logged loss per step: {m}")
+    for r, result in enumerate(results):
+        assert result["state"].keys() == expected.keys()
+        for key, value in expected.items():
+            torch.testing.assert_close(
+                result["state"][key], value, atol=1e-5, rtol=1e-5,
+                msg=lambda m, key=key, r=r: f"rank {r}, {key}: {m}",
+            )
 
 
 # --------------------------------------------------------------------------- one step = full batch

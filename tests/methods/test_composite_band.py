@@ -195,6 +195,38 @@ def test_the_band_recipe_is_b_with_the_alignment_done_by_the_band() -> None:
     assert {k: vars(band)[k] for k in same} == {k: vars(recipe)[k] for k in same}
 
 
+def test_the_16px_band_recipe_is_the_small_image_recipe_with_e_bands_method(tmp_path: Path) -> None:
+    """configs/composite/e_band_16px.yaml: the small-image composite recipe underneath, the method
+    exactly e_band.yaml's; it trains on 16-px colour images (a synthetic npz stands in for the
+    CIFAR-10 subset) and its band is recorded at the checks."""
+    import numpy as np
+
+    small = load_config("composite", "npz", recipe="small/composite_16px", overrides=["data.data_dir=/x"])
+    cifar = load_config("composite", "npz", config_file=CONFIGS / "e_band_16px.yaml", overrides=["data.data_dir=/x"])
+    digits = load_config("composite", "digits", config_file=CONFIGS / "e_band.yaml")
+    assert vars(cifar.method) == vars(load_config("composite", "npz", recipe="small/composite_16px",
+                                                  config_file=CONFIGS / "e_band.yaml",
+                                                  overrides=["data.data_dir=/x"]).method)
+    band_keys = {k: v for k, v in vars(digits.method).items() if k.startswith("band") or "weight" in k}
+    assert {k: vars(cifar.method)[k] for k in band_keys} == band_keys
+    assert (cifar.model, cifar.optim, cifar.data.augment) == (small.model, small.optim, small.data.augment)
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (96, 16, 16, 3), dtype=np.uint8)
+    np.savez(tmp_path / "train.npz", x=images, y=np.arange(96) % 4)
+    np.savez(tmp_path / "test.npz", x=images[:32], y=np.arange(32) % 4)
+    run_ = collapselab.train(
+        "composite", "npz", config=CONFIGS / "e_band_16px.yaml",
+        overrides=[f"data.data_dir={tmp_path}", "data.batch_size=32", "train.epochs=2", "train.threads=1",
+                   "monitor.every=1", "monitor.probe_size=32", "log.progress=false", "log.report=false",
+                   "eval.final=false", "eval.knn_every=0", f"run.out_dir={tmp_path}", "run.name=band16"],
+    )
+    from collapselab.runs import RunFolder
+
+    checks = RunFolder(run_.dir).checks()["emb"]
+    assert run_.summary["status"] == "completed" and len(checks["band_width"]) >= 2
+    assert all(0 < w < 10 for w in checks["band_width"])
+
 # --------------------------------------------------------------------------- training on digits
 
 

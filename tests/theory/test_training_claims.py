@@ -150,3 +150,45 @@ def test_training_claim_passes_and_its_counterfactual_run_fails(claim_id):
     flipped = get_claim(claim_id).run(counterfactual=True)
     assert flipped.error is None, flipped.error
     assert not flipped.passed, format_table([flipped])
+
+
+def _band_summary(steps, band, erank, loss):
+    """A fake ``band_run`` result: checks of ``emb`` at ``steps`` with these band widths and ranks."""
+    summary = _summary([], steps=steps[-1])
+    summary["_checks"] = {"step": list(steps), "band_width": list(band), "effective_rank": list(erank)}
+    summary["_check_losses"] = [loss] * len(steps)
+    return summary
+
+
+def _fake_band_runs(monkeypatch, mlp_halves_at, mlp_final_rank):
+    """Direct runs: the band halves at step 23, rank 8 throughout. MLP runs: the band halves at
+    ``mlp_halves_at`` (None: never), rank 20 until the last check, then ``mlp_final_rank``."""
+    steps = list(range(0, 101))
+
+    def band(halves_at):
+        return [1.0 if halves_at is None or s < halves_at else 0.3 for s in steps]
+
+    def fake(predictor, overrides, *args):
+        if predictor == "none":
+            return _band_summary(steps, band(23), [8.0] * len(steps), 9.20)
+        return _band_summary(steps, band(mlp_halves_at), [20.0] * (len(steps) - 1) + [mlp_final_rank], 9.22)
+
+    monkeypatch.setattr(training_claims, "band_run", fake)
+
+
+@pytest.mark.skipif("composite" not in METHODS, reason="the band claims need the composite method")
+def test_band_claims_counterfactuals_perturb_the_prediction_and_can_pass(monkeypatch):
+    """The counterfactuals use the same runs and a different prediction: on runs like ours (the
+    predictor halves its band 6 steps later and ends at a higher rank) the claims pass and their
+    counterfactuals fail; where the strong reading is true (the band never halves; the final ranks
+    agree) the counterfactual rows pass, so they are predictions, not rows built to fail."""
+    delays, shapes = get_claim("predictor-delays-band-shrinkage"), get_claim("predictor-shapes-rank-trajectory")
+    _fake_band_runs(monkeypatch, mlp_halves_at=29, mlp_final_rank=20.0)
+    assert delays.run().passed and shapes.run().passed
+    assert not delays.run(counterfactual=True).passed
+    assert not shapes.run(counterfactual=True).passed
+    _fake_band_runs(monkeypatch, mlp_halves_at=None, mlp_final_rank=8.2)
+    assert delays.run(counterfactual=True).passed
+    assert [c.passed for c in shapes.run(counterfactual=True).comparisons] == [True, True]
+    _fake_band_runs(monkeypatch, mlp_halves_at=23, mlp_final_rank=20.0)  # no delay: the claim fails
+    assert not delays.run().passed

@@ -75,12 +75,20 @@ def run(args: argparse.Namespace) -> int:
                 return EXIT_OK
         if resume is not None:
             method = dataset = None
-        result = train(method, dataset, config=args.config, overrides=overrides, resume=resume)
+        try:
+            result = train(method, dataset, config=args.config, overrides=overrides, resume=resume)
+        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: report, then cli.main's `interrupted`
+            try:
+                report_unfinished(err)
+            except KeyboardInterrupt:  # a second one while writing it: the first decides the exit
+                pass
+            raise
     except (InputError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingError as err:
         print(f"training failed: {err}", file=sys.stderr)
+        report_unfinished(err)
         return EXIT_FAIL
     from collapselab import distributed
 
@@ -95,6 +103,37 @@ def run(args: argparse.Namespace) -> int:
         if LEVELS.index(result.summary["worst_verdict"]) >= LEVELS.index(args.fail_on):
             return EXIT_FAIL
     return EXIT_OK
+
+
+def report_unfinished(err: BaseException) -> Path | None:
+    """``report.html`` of a run that failed or was interrupted, its path printed as after a
+    finished run: the folder is ``err.run_dir`` (set by ``Trainer.fit``; None on ranks other than
+    0), once its summary is written and unless its ``config.yaml`` says ``log.report: false``. A
+    report that fails costs a one-line warning, never the run's own error or exit status."""
+    from collapselab.runs import RunFolder
+
+    run_dir = getattr(err, "run_dir", None)
+    if run_dir is None or not (Path(run_dir) / "summary.json").is_file():  # stopped before its summary
+        return None
+    folder = RunFolder(run_dir)
+    try:
+        wanted = (folder.config_dict().get("log") or {}).get("report", True)
+    except InputError:  # no readable config.yaml: the report would have no config to show either
+        return None
+    if not wanted:
+        return None
+    try:
+        from collapselab.report import write_run_report
+
+        html = write_run_report(folder.path)  # a failing report is a warning there
+    except Exception as report_err:  # the report module itself did not load
+        first = (str(report_err).strip().splitlines() or [""])[0]
+        print(f"warning: {folder.path / 'report.html'} not written ({type(report_err).__name__}: {first})",
+              file=sys.stderr)
+        return None
+    if html is not None:
+        print(f"report: {html}")
+    return html
 
 
 def existing_run(config: Any) -> Any:

@@ -856,8 +856,15 @@ class Trainer:
             torch.cuda.synchronize(self.device)
 
     def fit(self) -> Run:
+        """Train to the end. A failure (:class:`TrainingError`) or an interrupt leaves with
+        ``err.run_dir``: the folder this rank wrote its summary to (None on the other ranks), so
+        callers can report on the unfinished run."""
         with terminate_as_interrupt():
-            return self._fit()
+            try:
+                return self._fit()
+            except (TrainingError, KeyboardInterrupt) as err:
+                err.run_dir = self.run_dir if self.main else None  # type: ignore[attr-defined]
+                raise
 
     def _fit(self) -> Run:
         self.t_start = time.perf_counter()  # a time budget counts from here, setup included
@@ -867,7 +874,7 @@ class Trainer:
         status = "completed"
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(to_yaml(c))
+            write_atomic(self.run_dir / "config.yaml", to_yaml(c))  # a crash leaves the old one whole
         try:
             self.monitor_check_s = 0.0
             if self.global_step == 0 and c.monitor.enabled:

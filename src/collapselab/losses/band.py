@@ -8,6 +8,15 @@ broadcast over the D dimensions); every term is averaged over the batch and over
 dimensions of its widest argument. The composite method (:mod:`collapselab.methods.composite`)
 weights and sums them with the geometric terms on μ.
 
+Variational SSL (docs/methods.md "The uncertainty band" has the comparison in full):
+VI-SimSiam (Nakamura, Okada & Taniguchi, ICCV 2023) also scores the other view under this view's
+distribution, with a KL term on the posterior. It works on the unit sphere with one concentration
+κ(x) and a SimSiam predictor plus stop-gradient. We use a Gaussian in R^D, a width per dimension
+or per input, and a KL to a band of fixed width σ_ref centred on μ. MCInfoNCE (Kirchhof, Kasneci
+& Oh, ICML 2023) uses von Mises–Fisher posteriors and an InfoNCE on Monte-Carlo samples, and it
+proves that the true aleatoric posterior is recovered. We use no negatives and no sampling (a
+closed-form likelihood of a point target), so that guarantee does not carry over.
+
 Balance of the terms (our derivation; docs/methods.md "The uncertainty band"). Per entry, with
 residual r = t − μ and s = log σ, the likelihood's gradient is ∂/∂s ½[r²/σ² + log σ²] = 1 − r²/σ²
 (so σ → |r|: the band fits the disagreement and shrinks to 0 when the views agree), while the

@@ -52,7 +52,11 @@ class CompositeConfig(SiameseConfig):
     joins the alignment term and goes through the same predictor / stop-gradient / EMA
     switches); ``band_prior_weight`` the ``band_prior`` term, ``kl`` (to a band of width
     σ_ref = ``band_ref``) or ``floor`` (a log hinge at σ_ref), in μ's units like ``band_init``
-    (0.5 = half the per-dimension spread γ = 1 the variance term asks of μ)."""
+    (0.5 = half the per-dimension spread γ = 1 the variance term asks of μ). The band's
+    likelihood plus a KL prior follows VI-SimSiam (Nakamura, Okada & Taniguchi, ICCV 2023) in
+    scoring the other view under this view's distribution. It differs in three ways: a Gaussian
+    in R^D instead of a distribution on the sphere, a prior centred on μ, and optional predictor
+    and stop-gradient (``collapselab.losses.band`` compares it with MCInfoNCE as well)."""
 
     name: str = "composite"
     alignment_weight: float = 25.0

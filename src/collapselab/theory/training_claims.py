@@ -12,8 +12,10 @@ slow EMA, variance/covariance terms, a small β): the prediction is kept, so the
 
 The two band claims (``predictor-delays-band-shrinkage``, ``predictor-shapes-rank-trajectory``)
 compare trajectories instead of alarms: composite recipe (e) (``configs/composite/e_band.yaml``)
-with and without a predictor, the band width and effective rank of ``emb`` at every check; their
-counterfactual removes the predictor from the predictor run, which makes the two runs the same.
+with and without a predictor, the band width and effective rank of ``emb`` at every check. Their
+counterfactual keeps the runs and perturbs the prediction into the source's strong reading: the
+predictor holds the band for the whole run (it never halves), or the predictor changes only the
+path, so both runs end at the same effective rank. Both are false on our runs, so the check must fail.
 
 These claims have ``kind="training"``: ``collapselab verify`` skips them,
 ``collapselab verify --training`` runs them (about half a minute to a minute per run on one CPU
@@ -284,26 +286,31 @@ if "composite" in _methods():
         "Gaussian likelihood, variance and covariance terms), the run with an MLP predictor keeps "
         "its band wider for longer than the same objective aligned directly: its mean band falls "
         "below half its initial width later, and stays wider after the direct run's band has halved.",
-        counterfactual="the same comparison with the predictor removed from the predictor run (both "
-        "runs aligned directly): no delay, so the claim fails",
+        counterfactual="the strong reading, the predictor holds the band: with the predictor the band "
+        "never falls below half its start within the run (a delay of at least the rest of the run)",
         slow=True,
         kind="training",
     )
     def _check_predictor_delays_band(counterfactual: bool) -> list[Comparison]:
-        direct = band_run("none", BAND_UNPROTECTED)
-        other = band_run("none" if counterfactual else "mlp", BAND_UNPROTECTED)
-        label = "direct (counterfactual)" if counterfactual else "mlp predictor"
-        h_direct, h_other = halving_step(direct["_checks"]), halving_step(other["_checks"])
+        direct, other = band_run("none", BAND_UNPROTECTED), band_run("mlp", BAND_UNPROTECTED)
+        label = "mlp predictor"
+        # a band that never halves counts as halving one step after the last check (finite rows)
+        last = max(int(s) for s in other["_checks"]["step"])
+        h_direct = min(halving_step(direct["_checks"]), last + 1.0)
+        h_other = min(halving_step(other["_checks"]), last + 1.0)
+        # the counterfactual's prediction: the predictor's band never halves before the last check
+        delay = last - h_direct if counterfactual else 0.0
         w_direct, w_other = _series(direct, "band_width"), _series(other, "band_width")
         after = [s for s in w_direct if s >= h_direct and s in w_other]
         log_ratio = sum(math.log(w_other[s] / w_direct[s]) for s in after) / max(len(after), 1)
         steps = (0, 10, 20, 25, 30, 40)
         return [
             Comparison(
-                f"step at which the mean band falls below half its start, {label} minus direct "
+                f"step at which the mean band falls below half its start, {label} minus direct"
+                f"{' (predicted: beyond the last check)' if counterfactual else ''} "
                 f"[direct {h_direct:g}, {label} {h_other:g}; band widths direct {{{_trajectory(direct, 'band_width', steps)}}}, "
                 f"{label} {{{_trajectory(other, 'band_width', steps)}}}]",
-                0.0, h_other - h_direct, relation=">",
+                delay, h_other - h_direct, relation=">",
             ),
             Comparison(
                 f"geometric mean of {label}'s band / direct's over the {len(after)} checks after the direct "
@@ -320,34 +327,42 @@ if "composite" in _methods():
         statement="The same objective (composite recipe (e): band likelihood, KL prior, variance and "
         "covariance), minimised with and without an MLP predictor on digits, ends at the same loss "
         "(within 5 %) while the embedding's effective rank follows a different path: higher with the "
-        "predictor at every check after the monitor's warm-up.",
-        counterfactual="the same comparison with the predictor removed from the predictor run: the "
-        "paths coincide, so the claim fails",
+        "predictor at more than nine checks in ten after the monitor's warm-up.",
+        counterfactual="the strong reading of 'objectives shape geometry': the predictor changes only "
+        "the path, so both runs end at the same effective rank (within 5 %) instead of a higher one",
         slow=True,
         kind="training",
     )
     def _check_predictor_shapes_rank(counterfactual: bool) -> list[Comparison]:
-        direct = band_run("none", ())
-        other = band_run("none" if counterfactual else "mlp", ())
-        label = "direct (counterfactual)" if counterfactual else "mlp predictor"
+        direct, other = band_run("none", ()), band_run("mlp", ())
+        label = "mlp predictor"
         e_direct, e_other = _series(direct, "effective_rank"), _series(other, "effective_rank")
         warm = int(direct["_checks"]["step"][0]) + 20  # the recipe's monitor.warmup_epochs = 4 (20 steps)
         after = [s for s in e_direct if s >= warm and s in e_other]
         higher = sum(e_other[s] > e_direct[s] for s in after) / max(len(after), 1)
         final_direct, final_other = _final_loss(direct), _final_loss(other)
         steps = (0, 10, 20, 30, 50, 100)
+        if counterfactual:  # the same geometry at the end: the final effective ranks agree within 5 %
+            final = max(e_direct)
+            rank_row = Comparison(
+                f"relative difference of the final effective ranks, {label} vs direct (predicted: the "
+                f"same geometry) [direct {e_direct[final]:.3g}, {label} {e_other.get(final, math.nan):.3g}]",
+                0.05, abs(e_other.get(final, math.nan) - e_direct[final]) / e_direct[final], relation="<",
+            )
+        else:
+            rank_row = Comparison(
+                f"fraction of the {len(after)} checks from step {warm} at which {label}'s effective rank "
+                f"is the higher [direct {{{_trajectory(direct, 'effective_rank', steps)}}}, {label} "
+                f"{{{_trajectory(other, 'effective_rank', steps)}}}]",
+                0.9, higher, relation=">",
+            )
         return [
             Comparison(
                 f"relative difference of the final losses, {label} vs direct [direct {final_direct:.4g}, "
                 f"{label} {final_other:.4g}]",
                 0.05, abs(final_other - final_direct) / abs(final_direct), relation="<",
             ),
-            Comparison(
-                f"fraction of the {len(after)} checks from step {warm} at which {label}'s effective rank "
-                f"is the higher [direct {{{_trajectory(direct, 'effective_rank', steps)}}}, {label} "
-                f"{{{_trajectory(other, 'effective_rank', steps)}}}]",
-                0.9, higher, relation=">",
-            ),
+            rank_row,
         ]
 
 
