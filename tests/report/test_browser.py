@@ -139,3 +139,15 @@ def test_comparison_report_renders_without_console_errors(chromium: str, make_ru
     stderr, png = render(chromium, write_report(runs, tmp_path / "compare.html"), tmp_path)
     assert console_errors(stderr) == []
     assert_rendered(*blankness(png))
+
+
+def test_injected_markup_in_user_strings_runs_nothing_in_the_browser(chromium: str, make_run, tmp_path: Path) -> None:
+    """A run name, method and alarm reason that carry markup calling ``console.error``: escaped,
+    Chromium logs nothing (unescaped, the same strings log ``injected-*``, as the detector test shows)."""
+    script = "<script>console.error('injected-script')</script>"
+    image = "<img src=x onerror=console.error('injected-img')>"
+    run = make_run(image, method=script, reason_text=script + image, collapse=True, run__name=script)
+    stderr, png = render(chromium, write_report(run.path), tmp_path)
+    assert not [e for e in console_errors(stderr) if "injected" in e], console_errors(stderr)
+    assert console_errors(stderr) == []
+    assert_rendered(*blankness(png))
