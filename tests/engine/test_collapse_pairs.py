@@ -75,9 +75,11 @@ def test_byol_without_its_predictor_ends_collapsed_and_with_it_does_not_in_40_st
 @pytest.mark.slow  # the recipe's full 100 steps, twice: 20-30 s on 2 busy cores
 def test_byol_predictor_pair_over_the_full_digits_recipe(tmp_path: Path) -> None:
     """docs/training.md: `byol method.predictor=none method.ema=0.9` ends dimensional collapsed,
-    alarmed at step 20 (the end of the monitor's warm-up), erank 1.3; the intact run does not."""
+    erank 1.3; the intact run does not. The alarm comes no later than step 20, the end of the
+    monitor's warm-up, which ends early at a check where the loss has covered 90 % of the way to
+    its collapse value (measured: step 15, the loss 96 % of the way to 0)."""
     intact, ablated = byol(tmp_path, "mlp", 20), byol(tmp_path, "none", 20)
     assert_pair(intact, ablated)
     collapsed = [a for a in ablated.summary["alarms"]
                  if a["name"] == "emb" and a["mode"] == "dimensional" and a["level"] == "collapsed"]
-    assert collapsed and collapsed[0]["step"] == 20, ablated.summary["alarms"]
+    assert collapsed and collapsed[0]["step"] <= 20, ablated.summary["alarms"]
