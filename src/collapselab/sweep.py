@@ -549,29 +549,16 @@ def run_in_process(sweep: Sweep, cell: Cell, resume: bool, warn: Callable[[str],
             run = train(base.method, base.dataset, config=base.config_file,
                         overrides=[*base.overrides, *sweep.fixed, *cell.overrides, *sweep.run_overrides(cell)])
     except Exception as err:
-        if isinstance(err, TrainingError):
-            report_failed_cell(cell, warn)
+        if isinstance(err, TrainingError):  # its summary is written: report it, as a worker does
+            from collapselab.report import write_unfinished_report
+
+            write_unfinished_report(cell.dir, warn)
         return _first_line(err)
     if run.config.log.report:
         from collapselab.report import write_run_report
 
         write_run_report(run.dir, warn)
     return None
-
-
-def report_failed_cell(cell: Cell, warn: Callable[[str], None]) -> None:
-    """``report.html`` of a cell whose training failed once its summary is written (``log.report``
-    of its ``config.yaml``)."""
-    folder = RunFolder(cell.dir)
-    try:
-        log = folder.config_dict().get("log") or {}
-        wanted = folder.summary_path.is_file() and log.get("report", True)
-    except InputError:
-        return
-    if wanted:
-        from collapselab.report import write_run_report
-
-        write_run_report(cell.dir, warn)
 
 
 def worker_command(sweep: Sweep, cell: Cell, resume: bool, threads: int | None) -> list[str]:

@@ -107,30 +107,15 @@ def run(args: argparse.Namespace) -> int:
 
 def report_unfinished(err: BaseException) -> Path | None:
     """``report.html`` of a run that failed or was interrupted, its path printed as after a
-    finished run: the folder is ``err.run_dir`` (set by ``Trainer.fit``; None on ranks other than
-    0), once its summary is written and unless its ``config.yaml`` says ``log.report: false``. A
-    report that fails costs a one-line warning, never the run's own error or exit status."""
-    from collapselab.runs import RunFolder
-
+    finished run. The folder is ``err.run_dir`` (set by ``Trainer.fit``; None on ranks other than
+    0); :func:`collapselab.report.write_unfinished_report` decides whether to write and turns a
+    failing report into a one-line warning, never the run's own error or exit status."""
     run_dir = getattr(err, "run_dir", None)
-    if run_dir is None or not (Path(run_dir) / "summary.json").is_file():  # stopped before its summary
+    if run_dir is None:
         return None
-    folder = RunFolder(run_dir)
-    try:
-        wanted = (folder.config_dict().get("log") or {}).get("report", True)
-    except InputError:  # no readable config.yaml: the report would have no config to show either
-        return None
-    if not wanted:
-        return None
-    try:
-        from collapselab.report import write_run_report
+    from collapselab.report import write_unfinished_report
 
-        html = write_run_report(folder.path)  # a failing report is a warning there
-    except Exception as report_err:  # the report module itself did not load
-        first = (str(report_err).strip().splitlines() or [""])[0]
-        print(f"warning: {folder.path / 'report.html'} not written ({type(report_err).__name__}: {first})",
-              file=sys.stderr)
-        return None
+    html = write_unfinished_report(run_dir)
     if html is not None:
         print(f"report: {html}")
     return html

@@ -9,7 +9,12 @@ from collapselab.report.compare import (
            format_table,
            to_csv,
 )
-from collapselab.report.html import render_report, write_report, write_run_report
+from collapselab.report.html import (
+           render_report,
+           write_report,
+           write_run_report,
+           write_unfinished_report,
+)
 
 __all__ = ["Comparison", "comparison", "config_differences", "format_table", "render_report", "to_csv",
-           "write_report", "write_run_report"]
+           "write_report", "write_run_report", "write_unfinished_report"]

@@ -160,6 +160,20 @@ def write_run_report(run_dir: str | os.PathLike, warn: Callable[[str], None] | N
         return None
 
 
+
+def write_unfinished_report(run_dir: str | os.PathLike, warn: Callable[[str], None] | None = None) -> Path | None:
+    """:func:`write_run_report` of a run whose training failed or was interrupted: only once its
+    ``summary.json`` is written and unless its ``config.yaml`` says ``log.report: false`` (None
+    then, and when the config cannot be read)."""
+    folder = RunFolder(run_dir)
+    if not folder.summary_path.is_file():  # it stopped before writing its summary
+        return None
+    try:
+        wanted = (folder.config_dict().get("log") or {}).get("report", True)
+    except InputError:  # no readable config.yaml: the report would have no config to show either
+        return None
+    return write_run_report(folder.path, warn) if wanted else None
+
 def render_report(runs: Sequence[RunLike | RunData], *, title: str | None = None) -> str:
     """The report page as an HTML string (see :func:`write_report`)."""
     data = load_runs(runs)
