@@ -273,6 +273,16 @@ def test_print_commands_writes_sweep_json_and_comments_invalid_cells(tmp_path: P
     assert (tmp_path / "byol_digits" / "sweep.json").is_file()
 
 
+def test_the_cli_prints_only_runnable_lines_on_stdout(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Line N of stdout is the N-th valid cell (a SLURM array indexes it); invalid cells go to stderr."""
+    argv = ["sweep", "byol_digits", "method.stop_gradient=false,true", "--out", str(tmp_path), "--name", "s",
+            "--print-commands"]
+    assert main(argv) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert [shlex.split(line)[:2] for line in out.splitlines()] == [["collapselab", "train"]]
+    assert "method.stop_gradient=true" in out and "stop_gradient=false: invalid:" in err
+
+
 def test_parallel_workers_train_two_cells_with_their_logs(tmp_path: Path) -> None:
     sweep = Sweep("byol_digits", axes={"method.predictor": ["mlp", "none"]},
                   fixed=[t for t in TINY if not t.startswith("train.threads")], out=str(tmp_path), name="s")

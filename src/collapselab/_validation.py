@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,18 @@ def check_number(value: Any, key: str, positive: bool = False) -> float:
     if not number or not math.isfinite(value) or value < 0 or (positive and value == 0):
         raise InputError(f"{key} must be {'> 0' if positive else '>= 0'} and finite, got {value!r}")
     return float(value)
+
+
+def plain_values(value: Any) -> Any:
+    """``value`` with NumPy scalars (``np.float32(0.1)``, ``np.int64(64)``, 0-d arrays) turned
+    into Python numbers, inside mappings, lists and tuples too, so that a config accepts them."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {key: plain_values(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_values(item) for item in value]
+    return value
 
 
 def as_tensor(x: ArrayLike, name: str) -> torch.Tensor:

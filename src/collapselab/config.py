@@ -19,10 +19,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from collapselab._validation import InputError, check_number
+from collapselab._validation import InputError, check_number, plain_values
 from collapselab.methods import MethodConfig, method_class
 
 DEFAULT_METHOD = "byol"
@@ -338,6 +338,8 @@ def shipped_config(path: str | os.PathLike) -> Path | None:
 def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML config layer: a file, or else a file shipped with the recipes (``batch1024/...``)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"config file {path} is a directory; give a YAML file")
     if not path.is_file():
         shipped = shipped_config(path)
         if shipped is None:
@@ -348,7 +350,7 @@ def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     try:
         loaded = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as err:
-        raise InputError(f"{path}: not valid YAML: {err}") from err
+        raise InputError(f"{path}: not valid YAML: {_yaml_problem(err)}") from err
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -363,16 +365,37 @@ def _schema_fields(section_type: type) -> dict[str, Any]:
     return {f.name: f for f in fields(section_type)}
 
 
+def _yaml_problem(err: BaseException, position: bool = True) -> str:
+    """One line saying what is wrong in a YAML text (a PyYAML error spans several lines);
+    ``position``: with the line and column."""
+    problem = getattr(err, "problem", None)
+    if problem:
+        mark = getattr(err, "problem_mark", None) if position else None
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return f"{problem}{where}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """``["optim.lr=0.1", "method.ema=off"]`` → nested dict (values parsed as YAML scalars)."""
+    if isinstance(items, str | bytes):  # one override, not one per character
+        items = [items.decode() if isinstance(items, bytes) else items]
     items = list(items)
     for item in items:
+        if not isinstance(item, str):
+            raise InputError(f"override {item!r} is not a string of the form section.key=value (e.g. optim.lr=0.1)")
         if "=" not in item or item.startswith("="):
             raise InputError(f"override {item!r} is not of the form section.key=value (e.g. optim.lr=0.1)")
+        try:
+            OmegaConf.from_dotlist([item])
+        except Exception as err:  # PyYAML's ParserError / ScannerError, OmegaConf's own
+            raise InputError(f"override {item!r}: cannot read the value as YAML: {_yaml_problem(err, position=False)} "
+                             "(for a text value, put it in YAML quotes: key='...')") from err
     try:
         nested: dict[str, Any] = OmegaConf.to_container(OmegaConf.from_dotlist(items))  # type: ignore[assignment]
-    except OmegaConfBaseException as err:
-        raise InputError(f"cannot parse overrides {items}: {err}") from err
+    except (OmegaConfBaseException, TypeError, ValueError) as err:  # a key given as a mapping, then a list
+        raise InputError(f"cannot combine the overrides {items}: {_yaml_problem(err)}") from err
     sections = _schema_fields(Config)
     for key in [k for k in nested if k not in sections and not isinstance(nested[k], dict)]:  # lr=0.1: optim.lr
         for section, values in shorthand({key: nested.pop(key)}).items():
@@ -431,6 +454,43 @@ def check_keys(layer: Mapping[str, Any], schema: Any, where: str, prefix: str = 
             check_keys(value, child, where, prefix=f"{dotted}.")
 
 
+# what a key whose value is a container holds, when the schema says more than "a mapping"
+_EXPECTED = {
+    "data.augment": "a recipe name (simclr, byol, ...) or a mapping such as {recipe: byol, views: 2}",
+    "optim.betas": "a list of two numbers such as [0.9, 0.999]",
+    "model.backbone_args": "a mapping of the backbone's keyword arguments such as {width: 0.5}",
+}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Mapping | DictConfig):
+        return "a mapping"
+    if isinstance(value, list | tuple | ListConfig):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def check_containers(merged: DictConfig, layer: Mapping[str, Any], where: str, prefix: str = "") -> None:
+    """Raise :class:`InputError` for the first key of ``layer`` that gives a list where ``merged``
+    holds a mapping or a mapping where it holds a list (OmegaConf's merge raises a bare
+    ``TypeError`` for these), naming the key and the type it takes."""
+    for key, value in layer.items():
+        if not isinstance(key, str) or key not in merged:
+            continue
+        dotted = f"{prefix}{key}"
+        current = merged._get_node(key)
+        if isinstance(current, DictConfig) and not current._is_none() and not current._is_missing():
+            if isinstance(value, Mapping):
+                check_containers(current, value, where, prefix=f"{dotted}.")
+            elif isinstance(value, list | tuple):
+                expected = _EXPECTED.get(dotted, "a mapping")
+                raise InputError(f"config key {dotted!r} in {where} takes {expected}, got {_kind(value)}: {value!r}")
+        elif (isinstance(current, ListConfig) and not current._is_none() and not current._is_missing()
+              and isinstance(value, Mapping)):
+            expected = _EXPECTED.get(dotted, "a list")
+            raise InputError(f"config key {dotted!r} in {where} takes {expected}, got {_kind(value)}: {value!r}")
+
+
 def _suggest(key: str, prefix: str, valid: Mapping[str, Any]) -> str:
     """'; did you mean ...?' for an unknown key: the same key in another section, a near miss
     here, a near miss anywhere, or a method that owns the key."""
@@ -478,8 +538,8 @@ def load_config(
     method: str | None = None,
     dataset: str | None = None,
     /,
-    config_file: str | os.PathLike | None = None,
-    overrides: Iterable[str] = (),
+    config_file: str | os.PathLike | Mapping[str, Any] | None = None,
+    overrides: Iterable[str] | str = (),
     use_recipe: bool = True,
     base: Mapping[str, Any] | None = None,
     recipe: str | None = None,
@@ -489,8 +549,9 @@ def load_config(
     """Build and validate a run's :class:`Config` from the layers described in the module doc.
 
     ``method`` / ``dataset`` name the recipe; ``method.name`` / ``data.dataset`` set in a later
-    layer take precedence. ``overrides`` are dotted strings, ``kwargs`` Python shorthands (see
-    :func:`shorthand`). ``base``: a saved config (a resumed run's) used instead of the recipe.
+    layer take precedence. ``config_file``: a YAML file or a mapping of sections (:func:`config_layer`).
+    ``overrides`` are dotted strings (one string is one override), ``kwargs`` Python shorthands
+    (see :func:`shorthand`; NumPy scalars are taken as Python numbers). ``base``: a saved config (a resumed run's) used instead of the recipe.
     ``recipe``: the recipe to start from unless a layer sets ``run.recipe`` (default
     ``<method>_<dataset>`` when shipped). ``recipe_layer``: settings layered over the recipe and
     under the user's layers (what :func:`pick_recipe` adapts to the data).
@@ -501,12 +562,12 @@ def load_config(
         dataset = kwargs.pop("dataset")
     user_layers: list[tuple[str, dict[str, Any]]] = []
     if config_file is not None:
-        user_layers.append((str(config_file), _read_yaml(config_file)))
-    override_list = list(overrides)
+        user_layers.append(config_layer(config_file))
+    override_list = [overrides] if isinstance(overrides, str) else list(overrides)
     if override_list:
         user_layers.append(("the overrides", parse_overrides(override_list)))
     if kwargs:
-        user_layers.append(("the keyword arguments", shorthand(kwargs)))
+        user_layers.append(("the keyword arguments", shorthand(plain_values(kwargs))))
     plain = [layer for _, layer in user_layers]
     method_name = _peek(plain, "method", "name", method or DEFAULT_METHOD)
     dataset_name = _peek(plain, "data", "dataset", dataset or DEFAULT_DATASET)
@@ -531,6 +592,7 @@ def load_config(
     layers = backbone_args_follow_backbone(layers)
     for where, layer in layers:
         check_keys(layer, schema, where)
+        check_containers(merged, layer, where)
         try:
             merged = OmegaConf.merge(merged, layer)  # type: ignore[assignment]
         except OmegaConfBaseException as err:
@@ -543,6 +605,33 @@ def load_config(
     config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(config)
     return config
+
+
+def config_layer(config: str | os.PathLike | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(where, layer) for a user config: a YAML file's path, or a mapping of sections
+    (``{"optim": {"lr": 0.1}}``, a ``DictConfig`` too) used as an in-memory layer."""
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config)  # type: ignore[assignment]
+    if isinstance(config, Mapping):
+        return "the config mapping", plain_values(config)
+    if isinstance(config, str | os.PathLike):
+        return str(config), _read_yaml(config)
+    raise InputError(f"config must be the path of a YAML file or a mapping of sections such as "
+                     f"{{'optim': {{'lr': 0.1}}}}, got {type(config).__name__}")
+
+
+def check_same_run(saved: Mapping[str, Any], method: str | None, dataset: str | None, run_dir: Any,
+                   how: str = "--resume") -> None:
+    """Raise :class:`InputError` when ``method`` or ``dataset`` (None: not named) differ from
+    those of the saved config of the run in ``run_dir`` that ``how`` would continue."""
+    saved_method = (saved.get("method") or {}).get("name")
+    saved_dataset = (saved.get("data") or {}).get("dataset")
+    for what, given, have in (("method", method, saved_method), ("dataset", dataset, saved_dataset)):
+        if given is not None and have is not None and str(given) != str(have):
+            fix = (f"name {have!r} to continue it, or another run name (--name) to start a new run"
+                   if how == "--auto-resume" else f"leave the {what} out to continue it")
+            raise InputError(f"{how}: {run_dir} is a {saved_method} run on {saved_dataset}, "
+                             f"not {what} {given!r}; {fix}")
 
 
 def backbone_args_follow_backbone(
@@ -586,6 +675,33 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 def to_yaml(config: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def check_buildable(config: Config) -> None:
+    """Check the names a run resolves only when it builds its parts (the dataset, the backbone,
+    the augmentation recipe), without loading data or building a network, so that
+    ``collapselab train --print-config`` refuses what a run would, with the same errors."""
+    from collapselab.data import build_augment
+    from collapselab.data.datasets import _spec
+    from collapselab.models.backbones import available_backbones
+
+    _spec(config.data.dataset)
+    name = config.model.backbone
+    if ":" in name:
+        prefix, _, model_name = name.partition(":")
+        if prefix not in ("torchvision", "timm") or not model_name:
+            raise InputError(f"build_backbone: unknown adapter {name!r}; use 'torchvision:NAME' or 'timm:NAME'")
+    elif name not in available_backbones():
+        near = difflib.get_close_matches(name, available_backbones(), n=1, cutoff=0.5)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise InputError(f"build_backbone: unknown backbone {name!r}; {hint}available: "
+                         f"{', '.join(available_backbones())} (or 'torchvision:NAME' / 'timm:NAME')")
+    recipe: Any = config.data.augment
+    augment = dict(recipe) if isinstance(recipe, Mapping) else {"recipe": recipe}
+    if augment.get("recipe") is None and augment.get("name") is None:
+        augment["recipe"] = method_class(config.method.name).default_augment
+    augment.setdefault("backend", config.data.augment_backend)
+    build_augment(augment)
 
 
 def _positive(value: float, key: str, allow_zero: bool = False) -> None:
@@ -635,6 +751,17 @@ def validate(config: Config) -> None:
         raise InputError(f"run.name must be a folder name inside run.out_dir, not a path: got {name!r} "
                          "(set run.out_dir for another parent folder)")
     o, t, m, d, e = config.optim, config.train, config.monitor, config.data, config.eval
+    if d.augment is not None and not isinstance(d.augment, str | Mapping):
+        raise InputError(f"data.augment takes {_EXPECTED['data.augment']}, got {_kind(d.augment)}: {d.augment!r}")
+    if isinstance(d.augment, Mapping):
+        views = d.augment.get("views")
+        if views is not None and not isinstance(views, Mapping):
+            raise InputError(f"data.augment.views must map view groups to their settings "
+                             f"(e.g. {{view1: {{size: 16}}, local: {{count: 6}}}}), got {views!r}")
+        if ("mean" in d.augment) != ("std" in d.augment):
+            given, missing = ("mean", "std") if "mean" in d.augment else ("std", "mean")
+            raise InputError(f"data.augment.{given} is given without data.augment.{missing}: give both "
+                             f"(per channel) or neither (data.normalize uses the training split's)")
     _positive(o.lr, "optim.lr")
     _positive(o.weight_decay, "optim.weight_decay", allow_zero=True)
     _positive(o.warmup_epochs, "optim.warmup_epochs", allow_zero=True)

@@ -205,6 +205,21 @@ def read_spectra(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndar
     return out
 
 
+SUMMARY_SECTION_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "eval": ((dict,), "an object of scores"),
+    "diagnosis": ((dict,), "an object (embedding → diagnosis)"),
+    "final_verdict": ((dict,), "an object (embedding → mode → verdict)"),
+    "alarms": ((list,), "a list"),
+    "steps": ((int, float), "a number"),
+    "status": ((str,), "a string"),
+}
+"""The ``summary.json`` sections readers rely on, with their JSON types."""
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
 # --------------------------------------------------------------------------- the folder
 
 
@@ -326,6 +341,29 @@ class RunFolder:
         """Every row of ``metrics.jsonl`` ([] when the file is absent)."""
         return read_metrics(self.metrics_path) if self.metrics_path.is_file() else []
 
+    def metrics_problems(self) -> list[str]:
+        """What :meth:`history` (``read_metrics``) skips in ``metrics.jsonl``, one entry per line:
+        ``"line 7 is not JSON"``, ``"line 9 is not a JSON object"``, ``"line 12 has no integer
+        step"`` ([] for a sound or absent file). A report of a damaged run is still useful, but
+        it should say what it left out."""
+        if not self.metrics_path.is_file():
+            return []
+        problems = []
+        text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                problems.append(f"line {number} is not JSON")
+                continue
+            if not isinstance(record, dict):
+                problems.append(f"line {number} is not a JSON object")
+            elif not isinstance(record.get("step"), int):
+                problems.append(f"line {number} has no integer step")
+        return problems
+
     def rows(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.history() if r.get("kind") == kind]
 
@@ -367,6 +405,16 @@ class RunFolder:
         if not isinstance(data, dict):
             raise InputError(f"{self.summary_path}: expected a JSON object, found {type(data).__name__}")
         return data
+
+    def summary_problems(self, summary: Mapping[str, Any]) -> list[str]:
+        """The sections of a read ``summary`` whose type is wrong (:data:`SUMMARY_SECTION_TYPES`),
+        e.g. ``"'eval' is a str, expected an object"``; [] when every known section is sound."""
+        problems = []
+        for key, (kinds, expected) in SUMMARY_SECTION_TYPES.items():
+            value = summary.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+                problems.append(f"{key!r} is {_a(type(value).__name__)}, expected {expected}")
+        return problems
 
     def write_summary(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """Replace the keys ``summary`` sets and keep the others: keys only another command

@@ -299,3 +299,88 @@ def test_a_checkpoint_holding_code_is_refused_without_unpickling_advice(tmp_path
         load_checkpoint(tmp_path / "evil.pt")
     assert "never unpickled" in str(info.value) and "weights_only=False" not in str(info.value)
     assert "\n" not in str(info.value) and not marker.exists()
+
+
+# ---- evaluation split and summary checks at setup -----------------------------------------
+
+
+def _npz(folder: Path, split: str, images: Any, labels: Any = None) -> None:
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / f"{split}.npz", x=images, **({} if labels is None else {"y": labels}))
+
+
+def _images(n: int, channels: int = 3, side: int = 8) -> Any:
+    import numpy as np
+
+    return np.random.default_rng(n).integers(0, 255, (n, channels, side, side), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(("test_images", "labels", "message"), [
+    ((40, 3, 4), None, r"'test' split's images are 3×4×4 \(C×H×W\) but the train split's are 3×8×8"),
+    ((40, 1, 8), None, r"'test' split's images are 1×8×8 \(C×H×W\) but the train split's are 3×8×8"),
+    ((40, 3, 8), "zeros", r"train split's labels hold a single class \(0\)"),
+], ids=["size", "channels", "one-class"])
+def test_a_bad_evaluation_split_is_refused_before_the_first_step(
+        tmp_path: Path, test_images: tuple[int, int, int], labels: str | None, message: str) -> None:
+    import numpy as np
+
+    data = tmp_path / "data"
+    y = np.zeros(160, np.int64) if labels == "zeros" else np.arange(160) % 4
+    _npz(data, "train", _images(160), y)
+    _npz(data, "test", _images(*test_images), np.arange(test_images[0]) % 4)
+    with pytest.raises(InputError, match=message) as info:
+        collapselab.train("byol", "npz", **tiny(tmp_path, "bad", data={"data_dir": str(data)},
+                                                eval={"final": True, "knn_every": 1}))
+    assert "eval.final=false eval.knn_every=0" in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "bad" / "checkpoints").exists()  # nothing trained
+
+
+@pytest.mark.parametrize("layout", ["file", "folder", "imagefolder"])
+def test_data_with_only_a_train_split_trains_and_skips_evaluation_with_a_note(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], layout: str) -> None:
+    import numpy as np
+
+    images, labels = _images(160), np.arange(160) % 4
+    if layout == "imagefolder":
+        from PIL import Image
+
+        data, dataset = tmp_path / "folder", "imagefolder"
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            (data / f"c{label}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.transpose(1, 2, 0)).save(data / f"c{label}" / f"{i}.png")
+    else:
+        _npz(tmp_path / "npz", "train", images, labels)
+        data, dataset = (tmp_path / "npz" / "train.npz" if layout == "file" else tmp_path / "npz"), "npz"
+    run = collapselab.train("byol", dataset, **tiny(tmp_path, "only", data={"data_dir": str(data)},
+                                                    eval={"final": True, "knn_every": 1}))
+    err = capsys.readouterr().err
+    assert "has no 'test' split, so the online kNN and the final evaluation are skipped" in err
+    assert run.summary["status"] == "completed" and run.summary["eval"] == {"step": run.summary["steps"]}
+    assert RunFolder(run.dir).summary()["status"] == "completed"
+    assert RunFolder(run.dir).checks()["emb"]["step"]  # the monitor's probe needs no test split
+
+
+def test_a_resumed_run_that_completes_drops_the_earlier_error(tmp_path: Path, done: Path) -> None:
+    import json
+
+    run_dir = copy(done, tmp_path / "r")
+    folder = RunFolder(run_dir)
+    failed = {**folder.summary(), "status": "failed", "error": "loss is nan at step 5"}
+    folder.summary_path.write_text(json.dumps(failed))
+    run = collapselab.train(resume=run_dir, overrides=["train.epochs=3"])
+    summary = folder.summary()
+    assert run.summary["status"] == summary["status"] == "completed"
+    assert "error" not in summary and "error" not in run.summary
+    assert summary["earlier_ends"] == [{"status": "failed", "steps": 4, "error": "loss is nan at step 5"}]
+
+
+def test_a_corrupt_summary_is_refused_before_a_resume_trains(tmp_path: Path, done: Path) -> None:
+    run_dir = copy(done, tmp_path / "r")
+    (run_dir / "summary.json").write_text("{not json")
+    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(InputError, match=r"summary\.json: not valid JSON .*repair the file or move it aside") as info:
+        collapselab.train(resume=run_dir, overrides=["train.epochs=3"])
+    assert "\n" not in str(info.value)
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before  # nothing trained or overwritten

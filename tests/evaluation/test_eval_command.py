@@ -133,3 +133,101 @@ def test_features_of_another_dataset_exit_2_with_a_fix_for_the_command_line(tmp_
     err = capsys.readouterr().err
     assert "do not match dataset 'digits'" in err and "leave out --dataset" in err
     assert err.count("\n") == 1
+
+
+def test_text_labels_in_a_features_file_score_as_their_classes(features_file, tmp_path, capsys):
+    with np.load(features_file) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    named = tmp_path / "named.npz"
+    np.savez(named, **{**arrays, "train_labels": names[arrays["train_labels"]],
+                       "test_labels": names[arrays["test_labels"]]})
+    argv = ["--protocol", "knn", "--k", "20", "--json"]
+    assert _main(["eval", "--features", str(features_file), *argv]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    assert _main(["eval", "--features", str(named), *argv]) == 0
+    assert json.loads(capsys.readouterr().out) == expected
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--protocol", "clustering", "--n-init", "0"], "n_init must be a positive whole number"),
+        (["--protocol", "clustering", "--n-init", "-3"], "n_init must be a positive whole number"),
+        (["--protocol", "clustering", "--seed", "-1"], "seed must be a whole number in [0, "),
+        (["--protocol", "knn", "--k", "0"], "k must be a positive whole number"),
+        (["--protocol", "knn", "--temperature", "inf"], "temperature must be > 0 and finite"),
+        (["--protocol", "linear", "--l2", "nan"], "l2 must be >= 0 and finite"),
+        (["--protocol", "linear", "--l2", "inf"], "l2 must be >= 0 and finite"),
+    ],
+)
+def test_bad_numeric_options_exit_2_with_one_line(features_file, capsys, option, message):
+    assert _main(["eval", "--features", str(features_file), *option]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: {message}") and captured.err.count("\n") == 1
+    assert captured.out == ""
+
+
+def test_a_features_file_given_as_the_run_says_to_use_features(features_file, capsys):
+    assert _main(["eval", str(features_file)]) == 2
+    err = capsys.readouterr().err
+    assert "this is a features file" in err and f"--features {features_file}" in err
+    assert err.count("\n") == 1 and "inline_container" not in err
+
+
+def _unwritable_run(tmp_path, monkeypatch) -> Path:
+    """A run folder source (linear backbone on digits, no training) for `collapselab eval RUN`."""
+    import torch
+
+    from collapselab.evaluation import api
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text("{}\n")
+    source = api.CheckpointSource(
+        model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8)),
+        dataset="digits", run_dir=run_dir, cache=run_dir / "features.npz", step=1,
+    )
+    monkeypatch.setattr(api, "load_checkpoint_source", lambda path: source)
+    return run_dir
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_scores_are_printed_when_the_summary_cannot_be_written(tmp_path, monkeypatch, capsys, as_json):
+    import errno
+
+    from collapselab import runs
+
+    run_dir = _unwritable_run(tmp_path, monkeypatch)
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(runs, "write_atomic", denied)
+    argv = ["eval", str(run_dir), "--protocol", "knn", "--no-baselines", "--k", "5"]
+    assert _main(argv + (["--json"] if as_json else [])) == 2
+    captured = capsys.readouterr()
+    if as_json:
+        assert 0.0 < json.loads(captured.out)["knn_top1"] <= 1.0
+    else:
+        assert "kNN top-1" in captured.out and "scores merged" not in captured.out
+    assert captured.err.strip().splitlines()[-1] == (
+        f"error: the scores could not be merged into {run_dir / 'summary.json'} (Permission "
+        "denied); they were computed but are not recorded there"
+    )
+
+
+def test_a_read_only_run_folder_prints_the_scores_then_exits_2(tmp_path, monkeypatch, capsys):
+    import os
+
+    run_dir = _unwritable_run(tmp_path, monkeypatch)
+    run_dir.chmod(0o555)
+    try:
+        if os.access(run_dir, os.W_OK):
+            pytest.skip("running as root: chmod does not make the folder read-only")
+        assert _main(["eval", str(run_dir), "--protocol", "knn", "--no-baselines", "--k", "5"]) == 2
+        captured = capsys.readouterr()
+        assert "kNN top-1" in captured.out
+        assert "could not be merged into" in captured.err.strip().splitlines()[-1]
+    finally:
+        run_dir.chmod(0o755)

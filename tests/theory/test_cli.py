@@ -133,10 +133,9 @@ def test_phase_map_reads_a_range_that_starts_with_a_minus(tmp_path, capsys, extr
 
 
 def test_theory_options_take_negative_values_and_name_the_option(tmp_path, capsys):
-    assert main(["theory", "fixed-points", "--tau", "-1e-3", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["tau"] == -1e-3
     out = ["--out", str(tmp_path)]
     for argv, says in (
+        (["fixed-points", "--tau", "-1e-3"], "--tau: must be a finite number > 0, got -0.001"),
         (["phase-map", "--eta", "-1e-3", *out], "--eta: must be a finite number >= 0, got -0.001"),
         (["phase-map", "--s0", "-inf", *out], "--s0: must be a finite number >= 0"),
         (["phase-map", "--t-max", "-1", *out], "--t-max: must be a finite number > 0"),
@@ -196,3 +195,48 @@ def test_a_failed_atomic_rename_names_the_target_not_the_temporary(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: No space left on device (") and ".tmp" not in err
     assert str(tmp_path / "phase_map") in err
+
+
+def test_theory_without_a_subcommand_is_a_usage_error(capsys):
+    assert main(["theory"]) == 2
+    err = capsys.readouterr().err
+    assert "usage: collapselab theory" in err and "error: give a subcommand" in err
+
+
+@pytest.mark.parametrize("tau", ["-1", "0"])
+def test_fixed_points_needs_a_positive_target_ratio(capsys, tau):
+    assert main(["theory", "fixed-points", f"--tau={tau}"]) == 2
+    assert "--tau: must be a finite number > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, where",
+    [
+        (["--eta", "1e6"], "at step 1 of 40 (t = 0.05)"),
+        (["--init-scale", "1e6"], "at step 1 of 40"),
+        (["--sigma2", "1e30"], "at step 1 of 40"),
+        (["--dt", "100"], "at step 1 of 1 (t = 2)"),
+        (["--integrator", "sgd", "--dt", "1e5"], "at step 1 of 1 (t = 2)"),
+        (["--integrator", "adaptive", "--eta", "1e6"], "at t = 0"),
+    ],
+)
+def test_simulate_stops_with_one_line_when_the_integration_diverges(tmp_path, capsys, extra, where):
+    argv = ["theory", "simulate", "--n", "3", "--d", "2", "--t-end", "2", "--out", str(tmp_path), *extra]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.startswith("error: the simulation diverged ") and err.count("\n") == 1, err
+    assert where in err and "smaller --eta, --sigma2 or --init-scale" in err, err
+    assert "weight_decay" not in err and "collapsed" not in captured.out
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_simulate_api_raises_a_divergence_error_and_never_classifies():
+    from collapselab._validation import InputError
+    from collapselab.theory.linear import DivergenceError, simulate
+
+    with pytest.raises(DivergenceError, match=r"at step 1 of 1 \(t = 2\).*lower dt \(now 100, a step of 2 here\)") as info:
+        simulate("stopgrad", n=3, d=2, sigma2=0.5, weight_decay=0.05, t_end=2, dt=100)
+    assert isinstance(info.value, InputError) and (info.value.step, info.value.config) == (1, 0)
+    res = simulate("stopgrad", n=3, d=2, sigma2=0.5, weight_decay=0.05, t_end=2, dt=0.05)
+    assert len(res.outcome[0]) == 2  # an ordinary run is unaffected

@@ -44,14 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "k-means clustering (NMI, ARI, Hungarian ACC), with the raw-pixel baseline beside it "
             "(and the random-init baseline for a run or checkpoint). For a run folder the scores "
             "are also merged into its summary.json under 'eval'. Accuracies are fractions. "
-            "Exit 0 when done, 2 on bad input or an unreadable checkpoint."
+            "Exit 0 when done, 2 on bad input, an unreadable checkpoint, or scores that could "
+            "not be merged into summary.json (they are printed first)."
         ),
     )
     parser.add_argument(
         "source",
         nargs="?",
         metavar="RUN_DIR|CHECKPOINT",
-        help="a run folder (runs/<name>, read from checkpoints/last.pt) or a .pt checkpoint",
+        help="a run folder (runs/<name>, read from checkpoints/last.pt) or a .pt checkpoint "
+        "(a features file goes with --features)",
     )
     parser.add_argument(
         "--features",
@@ -119,7 +121,7 @@ def _floats(text: str) -> list[float]:
 def run(args: argparse.Namespace) -> int:
     from collapselab.engine.checkpoint import CheckpointError
     from collapselab.evaluation import load_features
-    from collapselab.evaluation.api import load_checkpoint_source
+    from collapselab.evaluation.api import SummaryNotWrittenWarning, load_checkpoint_source
 
     if args.source and args.features:
         print("error: give either RUN_DIR|CHECKPOINT or --features FILE, not both", file=sys.stderr)
@@ -138,11 +140,14 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             results = _evaluate(source, args)
-        for warning in caught:
-            print(f"note: {warning.message}", file=sys.stderr)
     except (InputError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    # Scores that could not be merged into summary.json are still printed, then the error.
+    not_merged = [w for w in caught if issubclass(w.category, SummaryNotWrittenWarning)]
+    for warning in caught:
+        if warning not in not_merged:
+            print(f"note: {warning.message}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -150,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
         if "knn_k" in results:
             print(f"kNN: k={results['knn_k']} neighbours, vote temperature τ={results['knn_temperature']}",
                   file=sys.stderr)
+    if not_merged:
+        sys.stdout.flush()  # the scores first, then why they were not recorded
+        print(f"error: {not_merged[0].message}", file=sys.stderr)
+        return EXIT_USAGE
     run_dir = getattr(source, "run_dir", None)
     if run_dir is not None:
         where = sys.stderr if args.json else sys.stdout  # keep --json output parseable

@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "One run: written to RUN_DIR/report.html. Several runs: overlaid with a comparison "
             f"table, written to ./{DEFAULT_COMPARISON_OUT}. --out a folder (an existing one, or a "
             f"path ending in /) writes {DEFAULT_COMPARISON_OUT} inside it. Prints the path written. "
-            "Exit 0 when done, 2 on bad input."
+            "A damaged file of a run (unreadable, garbage lines) costs one warning line on stderr and a "
+            "note in the report, which shows what could be read. Exit 0 when done, 2 on bad input."
         ),
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (runs/<name>)")
@@ -35,10 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from collapselab.report import write_report
+    from collapselab.report.data import damage_warnings, load_runs
 
     out = args.out or (DEFAULT_COMPARISON_OUT if len(args.runs) > 1 else None)
     try:
-        path = write_report(args.runs, out, title=args.title)
+        runs = load_runs(args.runs)
+        for line in damage_warnings(runs):  # the report is still written, from what could be read
+            print(line, file=sys.stderr)
+        path = write_report(runs, out, title=args.title)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

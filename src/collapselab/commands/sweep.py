@@ -110,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
         sweep = build(args)
         if args.print_commands:
             for line in print_commands(sweep):
-                print(line)
+                # stdout: one runnable line per valid cell (line N = a SLURM array's task N); the
+                # invalid cells' comments go to stderr
+                print(line, file=sys.stderr if line.startswith("#") else sys.stdout)
             print(f"sweep.json written to {sweep.dir}/ (then: same command with --collect)", file=sys.stderr)
             return EXIT_OK
         if args.collect:

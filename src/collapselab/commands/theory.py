@@ -115,7 +115,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--sigma2", type=float, default=0.0, help="augmentation variance σ² (default 0)"
     )
     fp.add_argument(
-        "--tau", type=float, default=1.0, help="target ratio τ (default 1: stop-gradient)"
+        "--tau", type=float, default=1.0, help="target ratio τ > 0 (default 1: stop-gradient)"
     )
     fp.add_argument(
         "--alpha-p", type=float, default=1.0, help="predictor rate ratio α_p (default 1)"
@@ -171,15 +171,17 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     def dispatch(args: argparse.Namespace) -> int:
         chosen = getattr(args, "theory_func", None)
         if chosen is None:
-            parser.print_help()
-            return EXIT_OK
+            parser.print_usage(sys.stderr)
+            print("error: give a subcommand: fixed-points, phase-map or simulate "
+                  "(collapselab theory --help)", file=sys.stderr)
+            return EXIT_USAGE
         return chosen(args)
 
     parser.set_defaults(func=dispatch)
     return parser
 
 
-def _error(err: Exception) -> int:
+def _error(err: Exception | str) -> int:
     print(f"error: {err}", file=sys.stderr)
     return EXIT_USAGE
 
@@ -191,7 +193,7 @@ def run_fixed_points(args: argparse.Namespace) -> int:
         check_numbers("--eta", args.eta, 0)
         check_numbers("--sigma2", args.sigma2, 0)
         check_numbers("--alpha-p", args.alpha_p, 0, strict=True)
-        check_numbers("--tau", args.tau)
+        check_numbers("--tau", args.tau, 0, strict=True)  # the target ratio W_a = τW
         fp = fixed_points(args.eta, args.sigma2, args.tau, args.alpha_p)
         params = dict(eta=args.eta, alpha_p=args.alpha_p, sigma2=args.sigma2, target="stopgrad")
         out = {
@@ -282,8 +284,13 @@ def run_phase_map(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+SIMULATE_OPTIONS = {"dt": "--dt", "weight_decay": "--eta", "sigma2": "--sigma2",
+                    "init_scale": "--init-scale"}
+"""How a divergence message names the parameters to lower: the options of ``theory simulate``."""
+
+
 def run_simulate(args: argparse.Namespace) -> int:
-    from collapselab.theory.linear import simulate
+    from collapselab.theory.linear import DivergenceError, simulate
 
     try:
         for option, value in (("--n", args.n), ("--d", args.d), ("--configs", args.configs),
@@ -316,6 +323,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         )
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+    except DivergenceError as err:
+        return _error(err.describe(SIMULATE_OPTIONS))
     except InputError as err:
         return _error(err)
     csv_path, json_path, png = (

@@ -49,7 +49,7 @@ def split_args(tokens: list[str]) -> tuple[list[str], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from collapselab.config import load_config, to_yaml
+    from collapselab.config import check_buildable, load_config, to_yaml
     from collapselab.engine.checkpoint import CheckpointError
     from collapselab.engine.trainer import TrainingError, resumed_config, train
 
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         if args.print_config:
             cfg = (resumed_config(args.resume, args.config, overrides)[0] if args.resume
                    else load_config(method, dataset, config_file=args.config, overrides=overrides))
+            check_buildable(cfg)  # the names a run checks only when it builds them: refuse them here too
             print(to_yaml(cfg), end="")
             return EXIT_OK
         if args.resume and args.auto_resume:
@@ -124,6 +125,7 @@ def report_unfinished(err: BaseException) -> Path | None:
 def existing_run(config: Any) -> Any:
     """``--auto-resume``: the run folder to resume, ``"done"`` for a completed run of the same
     length (nothing to do), or None to start a new run."""
+    from collapselab.config import check_same_run
     from collapselab.runs import RunFolder
 
     if not config.run.name:
@@ -131,6 +133,7 @@ def existing_run(config: Any) -> Any:
     folder = RunFolder(Path(config.run.out_dir) / config.run.name)
     if not folder.has_checkpoint():
         return None
+    check_same_run(folder.config_dict(), config.method.name, config.data.dataset, folder.path, how="--auto-resume")
     saved = folder.config_dict().get("train", {})
     same_length = all(saved.get(key) == getattr(config.train, key) for key in ("epochs", "time_budget")) and (
         config.train.steps is None or saved.get("steps") == config.train.steps)

@@ -568,20 +568,64 @@ def _decode_image(path: Path, channels: int, size: tuple[int, int] | None) -> np
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _folder_listing(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _class_folders(root: Path) -> list[str]:
+    """Sorted class sub-folder names of ``root`` (hidden folders skipped)."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _folder_listing(root: Path, index: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
+    """Files, labels and class names of ``root/<class>/<image>``. With ``index`` (the train
+    split's class names), labels are positions in ``index``, matched by folder name, and the
+    returned classes are ``index``; a class folder missing from ``index`` is an error."""
+    classes = _class_folders(root)
     if not classes:
         raise InputError(f"imagefolder: {root} has no class sub-folders; expected "
                          f"{root}/<class_name>/<image>.png (one sub-folder per class)")
+    position = {cls: i for i, cls in enumerate(index if index is not None else classes)}
+    unknown = [cls for cls in classes if cls not in position]
+    if unknown:
+        raise InputError(f"imagefolder: class folder(s) {unknown} in {root} are not classes of the train split "
+                         f"{sorted(position)}; labels are matched by folder name, so rename or remove them")
     files, labels = [], []
-    for label, cls in enumerate(classes):
+    for cls in classes:
+        label = position[cls]
         for p in sorted((root / cls).rglob("*")):
             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
                 files.append(p)
                 labels.append(label)
     if not files:
         raise InputError(f"imagefolder: no images with extensions {IMAGE_EXTENSIONS} under {root}")
-    return files, labels, classes
+    return files, labels, list(index) if index is not None else classes
+
+
+def _imagefolder_split(root: Path, split: str) -> Path | None:
+    """The folder of ``split`` under ``root`` (``root`` itself serves ``train``); None if absent."""
+    if (root / split).is_dir():
+        return root / split
+    return root if split == "train" else None
+
+
+def missing_split_hint(name: str, split: str, data_dir: str | Path | None) -> str | None:
+    """For a dataset read from the user's own files (``npz``, ``imagefolder``): None when
+    ``split`` is there, else how to add it (one phrase). Registered datasets have all their
+    splits (None)."""
+    spec = _spec(name)
+    if not spec.user_path or data_dir is None:
+        return None
+    root = Path(data_dir).expanduser()
+    if name == "npz":
+        if root.is_dir():
+            return None if (root / f"{split}.npz").exists() else (
+                f"add {root / f'{split}.npz'} (arrays x, y) beside train.npz")
+        if split == "train" or root.stem == split:
+            return None
+        return (f"{root} is a single file (the train split); put it in a folder as train.npz with a "
+                f"{split}.npz beside it and pass that folder as data.data_dir")
+    if name == "imagefolder":
+        if not root.is_dir() or _imagefolder_split(root, split) is not None:
+            return None
+        return f"add {root / split}/<class>/<image> (and the training images under {root / 'train'}/<class>/)"
+    return None
 
 
 def load_imagefolder(root: str | Path, split: str = "train", image_size: int | tuple[int, int] | None = None,
@@ -601,11 +645,13 @@ def load_imagefolder(root: str | Path, split: str = "train", image_size: int | t
     if not root.is_dir():
         raise FileNotFoundError(f"imagefolder: {root} is not a folder; pass data_dir=<folder with one "
                                 "sub-folder per class>")
-    folder = root / split if (root / split).is_dir() else root
-    if folder == root and split != "train":
+    folder = _imagefolder_split(root, split)
+    if folder is None:
         raise FileNotFoundError(f"imagefolder: no {split!r} sub-folder in {root}; split {split!r} "
                                 f"needs {root / split}/<class>/<image>")
-    files, labels, classes = _folder_listing(folder)
+    # another split's labels follow the train split's class index, matched by folder name
+    train_folder = _imagefolder_split(root, "train") if split != "train" else None
+    files, labels, classes = _folder_listing(folder, _class_folders(train_folder) if train_folder else None)
     size = (image_size, image_size) if isinstance(image_size, int) else (tuple(image_size) if image_size else None)
     modes, sizes = set(), set()
     for p in files if size is None else files[:256]:
@@ -746,6 +792,6 @@ def get_dataset(name: str, split: str = "train", data_dir: str | Path | None = N
 __all__ = [
     "DATASETS", "DATA_ENV_VAR", "DatasetSpec", "FolderImages", "ImageDataset", "IntegrityError",
     "RemoteFile", "default_data_dir", "digits_split_indices", "download_file", "extract_archive",
-    "get_dataset", "is_present", "list_datasets", "load_imagefolder", "md5_file", "prepare",
-    "verify_md5",
+    "get_dataset", "is_present", "list_datasets", "load_imagefolder", "md5_file", "missing_split_hint",
+    "prepare", "verify_md5",
 ]

@@ -143,7 +143,11 @@ def intracluster_spread(
     collapsed cluster. Clusters come from ``labels`` (N,) or, if absent, from
     k-means with ``n_clusters``. A negative label (-1) marks an unlabelled row, as in the
     datasets: such rows are left out (W and T are over the labelled rows), and labels with no
-    labelled row are an :class:`InputError`. When T = 0 (complete collapse) both ratios are 0.
+    labelled row are an :class:`InputError`. A cluster with a single member has no spread to
+    measure (its one row is its centroid, which would count as a collapsed cluster): its row is
+    left out in the same way, ``intracluster_singletons`` counts such clusters, ``n_clusters``
+    counts the clusters measured, and when no cluster has two members both ratios are NaN
+    (the verdict is then n/a). When T = 0 (complete collapse) both ratios are 0.
     """
     x = as_float64_matrix(z)
     n = x.shape[0]
@@ -162,6 +166,15 @@ def intracluster_spread(
             n = x.shape[0]
         lab = torch.unique(lab, return_inverse=True)[1]
     lab = lab.to(x.device)
+    counts = torch.bincount(lab)
+    single = counts[lab] < 2  # rows alone in their cluster: no spread to measure
+    singletons = int((counts == 1).sum())
+    if bool(single.all()):
+        return {"intracluster_ratio": math.nan, "intracluster_min_ratio": math.nan,
+                "n_clusters": 0.0, "intracluster_singletons": float(singletons)}
+    if bool(single.any()):
+        x, lab = x[~single], torch.unique(lab[~single], return_inverse=True)[1]
+        n = x.shape[0]
     k = int(lab.max()) + 1
     onehot = torch.nn.functional.one_hot(lab, k).to(torch.float64)  # (N, k)
     sizes = onehot.sum(dim=0)
@@ -181,6 +194,7 @@ def intracluster_spread(
         "intracluster_ratio": min(1.0, ratio),
         "intracluster_min_ratio": min_ratio,
         "n_clusters": float(k),
+        "intracluster_singletons": float(singletons),
     }
 
 

@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+import torch
+
 from collapselab._validation import ArrayLike, InputError
 from collapselab.diagnostics.band import BAND_COLLAPSED_RATIO, band_score, checks_to_floor
 from collapselab.diagnostics.verdict import (
@@ -104,6 +107,15 @@ def falling_trend(values: list[float], window: int, drop: float) -> bool:
     return steady and recent[-1] < (1.0 - drop) * recent[0]
 
 
+def _check_step(step: Any, where: str) -> int:
+    """``step`` as an int, or a one-line :class:`InputError` (a step counts training steps)."""
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        if isinstance(step, torch.Tensor) and step.numel() == 1 and not step.is_floating_point():
+            return int(step)
+        raise InputError(f"{where}: step must be an integer (the training step), got {step!r}")
+    return int(step)
+
+
 class CollapseMonitor:
     """Diagnose named embeddings during training, keep their history and raise alarms.
 
@@ -148,8 +160,12 @@ class CollapseMonitor:
         collapse_loss: float | None = None,
         recovery_checks: int = RECOVERY_CHECKS,
     ) -> None:
-        if every < 1:
-            raise InputError(f"CollapseMonitor: every must be >= 1, got {every}")
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise InputError(f"CollapseMonitor: every must be an integer >= 1, got {every!r}")
+        if (isinstance(max_pairwise_samples, bool) or not isinstance(max_pairwise_samples, (int, np.integer))
+                or max_pairwise_samples < 2):
+            raise InputError(f"CollapseMonitor: max_pairwise_samples must be an integer >= 2, "
+                             f"got {max_pairwise_samples!r}")
         if trend_window < 2 or not 0.0 < trend_drop < 1.0:
             raise InputError("CollapseMonitor: need trend_window >= 2 and 0 < trend_drop < 1")
         self.every = every
@@ -198,8 +214,18 @@ class CollapseMonitor:
         check); ``bands`` maps a name to the uncertainty band of its rows (the ``band`` mode,
         e.g. ``{"emb": sigma}``). Steps must increase.
         """
+        if not isinstance(embeddings, Mapping):
+            raise InputError(
+                f"CollapseMonitor.update: embeddings must be a mapping of name → embeddings, like "
+                f'{{"emb": z}}; got {type(embeddings).__name__}'
+            )
         if not embeddings:
             raise InputError("CollapseMonitor.update: no embeddings given")
+        step = _check_step(step, "CollapseMonitor.update")
+        for option, given in (("views", views), ("bands", bands)):
+            if given is not None and not isinstance(given, Mapping):
+                raise InputError(f"CollapseMonitor.update: {option} must be a mapping of name → array, "
+                                 f"like {{\"emb\": ...}}; got {type(given).__name__}")
         diagnoses = {}
         for name, z in embeddings.items():
             seen = self.steps.get(name, [])
@@ -212,15 +238,22 @@ class CollapseMonitor:
                 views=None if views is None else views.get(name),
                 codes=codes,
                 labels=labels,
-                reference=self.references.get(name) if self.use_reference else None,
+                reference=self._reference(name),
                 band=None if bands is None else bands.get(name),
                 max_pairwise_samples=self.max_pairwise_samples,
             )
         return self.observe(step, diagnoses, loss=loss)
 
+    def _reference(self, name: str) -> Diagnosis | None:
+        """The first observation of ``name`` as a reference (its metrics were measured here, or
+        restored from a saved state, so they are not checked as a user's mapping would be)."""
+        ref = self.references.get(name) if self.use_reference else None
+        return None if ref is None else Diagnosis(metrics=dict(ref), verdict={})
+
     def observe(self, step: int, diagnoses: Mapping[str, Diagnosis], *, loss: float | None = None) -> list[Alarm]:
         """Record already-made diagnoses (one per name) at ``step`` and apply the history rules;
         :meth:`update` is :func:`diagnose` followed by this, :func:`replay` feeds recorded ones."""
+        step = _check_step(step, "CollapseMonitor.observe")
         if loss is not None and math.isfinite(float(loss)):
             self.losses.append((int(step), float(loss)))
             if (self.warmup_ended is None and step < self.warmup_steps and self.collapse_loss is not None

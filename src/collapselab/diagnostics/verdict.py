@@ -27,6 +27,7 @@ random-initialisation, healthy and genuinely collapsed embeddings of real networ
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -319,11 +320,19 @@ def intracluster_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
         if metrics.get("n_clusters") == 0:
             return NOT_APPLICABLE, "every label is -1 (unlabelled): no clusters"
         return NOT_APPLICABLE, "no labels or codes to define clusters"
+    singletons = int(metrics.get("intracluster_singletons", 0.0) or 0)
+    if not math.isfinite(metrics["intracluster_ratio"]):
+        if singletons:
+            return NOT_APPLICABLE, (f"every cluster has a single sample ({singletons} clusters): "
+                                    f"no within-cluster spread to measure")
+        return NOT_APPLICABLE, "the within-cluster spread is not measured"
     if metrics["n_clusters"] < 2:
         return NOT_APPLICABLE, "only one cluster: its spread is the whole spread, nothing to compare"
     ratio, smallest = metrics["intracluster_ratio"], metrics["intracluster_min_ratio"]
     reason = (f"the spread inside the {int(metrics['n_clusters'])} clusters is {_fmt(ratio)} of the total "
               f"(0 = every cluster a point)")
+    if singletons:
+        reason += f"; {singletons} single-sample clusters left out"
     level = _level(ratio, INTRACLUSTER_COLLAPSED_RATIO, INTRACLUSTER_WARNING_RATIO)
     if level != "healthy":
         return level, reason
@@ -390,13 +399,57 @@ def _rescaled(x: torch.Tensor) -> tuple[torch.Tensor, float]:
     return x / scale, scale
 
 
+METRIC_NAMES = frozenset(
+    {
+        "n_samples", "dim", "input_scale", "available_dims",
+        "total_variance", "relative_variance", "directional_variance", "spread", "normalized_std",
+        "collapse_level", "mean_pairwise_cosine", "mean_norm", "uniformity", "alignment",
+        "stable_rank", "spectral_stable_rank", "effective_rank", "effective_rank_ratio", "rankme",
+        "alpha_req", "eigenvalue_log_ratio", "components_90", "top_eigenvalue",
+        "n_codes", "code_entropy", "code_perplexity", "code_used", "code_used_fraction",
+        "code_max_perplexity", "code_perplexity_ratio", "code_used_vs_chance",
+        "code_soft_perplexity", "code_sample_entropy_ratio",
+        "intracluster_ratio", "intracluster_min_ratio", "n_clusters", "intracluster_singletons",
+        "band_width", "band_spread", "band_width_ratio", "band_below_floor", "band_dims",
+        "effective_rank_vs_reference", "spread_vs_reference", "total_variance_vs_reference",
+        "band_width_vs_reference",
+    }
+)
+"""Every metric :func:`diagnose` can report: the names a reference given as a mapping may use."""
+
+
+def check_reference_metrics(reference: Mapping[Any, Any]) -> dict[str, float]:
+    """A reference given as a metrics mapping, checked: every key a metric name
+    (:data:`METRIC_NAMES`; a near miss is suggested) and every value a real number (None = not
+    measured, read as NaN). Returns name → float; raises a one-line :class:`InputError`."""
+    out: dict[str, float] = {}
+    for key, value in reference.items():
+        if not isinstance(key, str) or key not in METRIC_NAMES:
+            close = difflib.get_close_matches(str(key), METRIC_NAMES, n=1)
+            hint = (f"did you mean {close[0]!r}?" if close else
+                    f"the reference-relative verdicts read {', '.join(sorted(set(REFERENCE_RATIOS.values())))}")
+            raise InputError(f"reference: unknown metric {key!r}; {hint}")
+        if value is None:
+            out[key] = math.nan
+            continue
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise InputError(f"reference: metric {key!r} must be a number, got {value!r} ({type(value).__name__})")
+        out[key] = float(value)
+    return out
+
+
 def _as_reference(
     reference: Diagnosis | Mapping[str, float] | ArrayLike | None, dim: int, max_pairwise_samples: int, seed: int
 ) -> Diagnosis | Mapping[str, float] | None:
-    """A reference given as embeddings is diagnosed; one of another width is an error."""
+    """A reference given as embeddings is diagnosed, a metrics mapping checked
+    (:func:`check_reference_metrics`); one of another width is an error."""
     if reference is None:
         return None
-    if not isinstance(reference, (Diagnosis, Mapping)):
+    if isinstance(reference, Mapping) and not isinstance(reference, Diagnosis):
+        reference = check_reference_metrics(reference)
+    elif not isinstance(reference, Diagnosis):
         reference = diagnose(reference, max_pairwise_samples=max_pairwise_samples, seed=seed)
     ref_dim = _reference_metrics(reference).get("dim")  # type: ignore[union-attr]
     if ref_dim is not None and math.isfinite(ref_dim) and int(ref_dim) != dim:
@@ -432,13 +485,19 @@ def diagnose(
             is n/a and there are no intracluster metrics.
         reference: a Diagnosis, metrics dict or embeddings (N', D) of a reference state,
             typically the same network at initialisation; dimensional and complete verdicts
-            are then judged relative to it. Its width must be D.
+            are then judged relative to it. Its width must be D. A metrics dict may only use
+            metric names :func:`diagnose` reports, with numbers as values (else an
+            :class:`InputError` naming the near miss).
         band: the uncertainty band of each row of ``z`` (its mean), widths ≥ 0 of shape (N,),
             (N, 1) or (N, D) (``band`` mode, :mod:`collapselab.diagnostics.band`); without it
             the band mode is absent from the verdict.
-        max_pairwise_samples: rows (seeded subsample) used for the O(N²) uniformity.
+        max_pairwise_samples: rows (seeded subsample) used for the O(N²) uniformity; >= 2.
         seed: seed of that subsample.
     """
+    if (isinstance(max_pairwise_samples, bool) or not isinstance(max_pairwise_samples, (int, np.integer))
+            or max_pairwise_samples < 2):
+        raise InputError(f"max_pairwise_samples: must be an integer >= 2 (uniformity needs pairs of rows), "
+                         f"got {max_pairwise_samples!r}")
     if isinstance(z, (str, os.PathLike)):
         from collapselab.diagnostics.io import load_array
 

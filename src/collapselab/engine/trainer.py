@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import os
 import signal
@@ -28,9 +29,10 @@ from tqdm import tqdm
 
 from collapselab import distributed
 from collapselab._device import resolve_device as _resolve_device
-from collapselab._validation import InputError, value_checks
+from collapselab._validation import InputError, plain_values, value_checks
 from collapselab.config import (
     Config,
+    check_same_run,
     config_from_dict,
     load_config,
     parse_duration,
@@ -41,6 +43,7 @@ from collapselab.config import (
 )
 from collapselab.data import DeviceLoader, build_augment, get_dataset
 from collapselab.data.augment import channel_stats, use_native
+from collapselab.data.datasets import missing_split_hint
 from collapselab.diagnostics import CollapseMonitor
 from collapselab.diagnostics.monitor import Alarm
 from collapselab.diagnostics.spectrum import eigenspectrum
@@ -212,6 +215,7 @@ class Trainer:
             self.run_dir = self.run_dir.parent / shared[0]
             self.checkpoint_dir = self.run_dir / "checkpoints"
             self.folder = RunFolder(self.run_dir)
+        self._check_summary()
         self.device = resolve_device(c.train.device)
         self.amp = amp_dtype(c.train.amp, self.device)
         if self.device.type == "cuda":
@@ -225,15 +229,25 @@ class Trainer:
 
         self.train_set = get_dataset(c.data.dataset, "train", data_dir=c.data.data_dir, download=c.data.download)
         self.eval_set = None
+        self.unlabelled = bool((self.train_set.labels < 0).all())
         if c.data.knn_split and (c.eval.knn_every or c.eval.final):
-            self.eval_set = get_dataset(c.data.dataset, c.data.knn_split, data_dir=c.data.data_dir, download=c.data.download)
-        self.unlabelled = bool((self.train_set.labels < 0).all()) or (
-            self.eval_set is not None and bool((self.eval_set.labels < 0).all()))
+            add_split = missing_split_hint(c.data.dataset, c.data.knn_split, c.data.data_dir)
+            if add_split is not None:  # own data with a train split only: train, monitor and report
+                if self.rank == 0:
+                    print(f"note: {c.data.dataset} data {c.data.data_dir} has no {c.data.knn_split!r} split, so the "
+                          f"online kNN and the final evaluation are skipped; to evaluate, {add_split}",
+                          file=sys.stderr)
+            else:
+                self.eval_set = get_dataset(c.data.dataset, c.data.knn_split, data_dir=c.data.data_dir,
+                                            download=c.data.download)
+                self.unlabelled = self.unlabelled or bool((self.eval_set.labels < 0).all())
         if self.unlabelled and self.eval_set is not None:
             self.eval_set = None  # kNN needs labels: train, monitor and report without it
             if self.rank == 0:
                 print(f"note: {c.data.dataset} has no labels, so the online kNN and the final evaluation "
                       "are skipped (the collapse monitor needs none)", file=sys.stderr)
+        if self.eval_set is not None:
+            self._check_eval_split(self.eval_set)
         n_train = len(self.train_set)
         per_rank = n_train // self.world
         if c.data.batch_size > per_rank:
@@ -337,6 +351,37 @@ class Trainer:
             self._write(f"TensorBoard: writing events to {self.run_dir}" if self.logger.tensorboard
                         else "TensorBoard: not installed, so log.tensorboard=auto writes metrics.jsonl only "
                              "(pip install tensorboard to get events)")
+
+    def _check_summary(self) -> None:
+        """An existing ``summary.json`` (a resumed run's) must be readable now: the run merges its
+        summary into it at the end, and finding it corrupt only then would waste the training."""
+        try:
+            self.folder.summary()
+        except InputError as err:
+            raise InputError(f"{err}; this run writes its summary there when it ends: repair the file or "
+                             "move it aside, then run again (nothing was trained)") from None
+
+    def _check_eval_split(self, eval_set: Any) -> None:
+        """Before any step: the held-out split the online kNN / final evaluation use must have the
+        training images' shape (one network embeds both), and the training labels (the kNN's
+        bank) at least two classes; otherwise a one-line error, not a failure after training."""
+        c = self.config
+        off = " ".join(k for k, on in (("eval.final=false", c.eval.final), ("eval.knn_every=0", c.eval.knn_every)) if on)
+        train_shape = tuple(int(v) for v in self.train_set.images.shape[1:])
+        eval_shape = tuple(int(v) for v in eval_set.images.shape[1:])
+        if eval_shape != train_shape:
+            shown = "×".join
+            raise InputError(
+                f"{c.data.dataset}: the {eval_set.split!r} split's images are {shown(map(str, eval_shape))} "
+                f"(C×H×W) but the train split's are {shown(map(str, train_shape))}; one network embeds both for "
+                f"the online kNN and the final evaluation, so give the {eval_set.split!r} split images of the "
+                f"training channels and size, or train without evaluation: {off}")
+        classes = torch.unique(self.train_set.labels)
+        if classes.numel() < 2:
+            raise InputError(
+                f"{c.data.dataset}: the train split's labels hold a single class ({int(classes[0])}); the online "
+                f"kNN and the final evaluation need at least 2 classes: check the labels (y), or train "
+                f"without evaluation: {off}")
 
     def _set_length(self, total_steps: int) -> None:
         """The run's length in steps, and what follows from it (epochs, LR warm-up)."""
@@ -1065,8 +1110,24 @@ class Trainer:
         if error:
             summary["error"] = error
         if self.main:  # keeps what other commands recorded (collapselab eval's scores)
-            summary = RunFolder(self.run_dir).write_summary(summary)
+            folder = RunFolder(self.run_dir)
+            self._drop_stale_ending(folder, summary)
+            summary = folder.write_summary(summary)
         return summary
+
+    def _drop_stale_ending(self, folder: RunFolder, summary: dict[str, Any]) -> None:
+        """An earlier try's ``error`` / ``stop_reason`` (a resumed run that failed or was stopped
+        before) must not survive in a summary that does not set them (the merge keeps keys it
+        is not given): they move to ``earlier_ends`` (status, steps and the reason of each)."""
+        previous = folder.summary()
+        stale = [k for k in ("error", "stop_reason") if k in previous and k not in summary]
+        if not stale:
+            return
+        earlier = [*(previous.get("earlier_ends") or []),
+                   {"status": previous.get("status"), "steps": previous.get("steps"), **{k: previous[k] for k in stale}}]
+        summary["earlier_ends"] = earlier
+        kept = {k: v for k, v in previous.items() if k not in stale}
+        write_atomic(folder.summary_path, json.dumps({**kept, "earlier_ends": earlier}, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -1184,21 +1245,24 @@ def train(
     dataset: str | None = None,
     /,
     *,
-    config: str | os.PathLike | None = None,
-    overrides: Iterable[str] = (),
+    config: str | os.PathLike | Mapping[str, Any] | None = None,
+    overrides: Iterable[str] | str = (),
     resume: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> Run:
     """Train a method on a dataset and return the :class:`Run`.
 
-    ``config``: a YAML file layered over the shipped recipe; ``overrides``: dotted strings
-    (``"optim.lr=0.1"``); ``kwargs``: shorthands (``epochs=20``, ``optim__lr=0.1``,
-    ``method={"predictor": "none"}``). ``resume``: a run folder to continue from its
-    ``checkpoints/last.pt`` with its saved config (overrides may change e.g. ``train.epochs``).
+    ``config``: a YAML file (or a mapping of sections, ``{"optim": {"lr": 0.1}}``) layered over
+    the shipped recipe; ``overrides``: dotted strings (``"optim.lr=0.1"``; one string is one
+    override); ``kwargs``: shorthands (``epochs=20``, ``optim__lr=0.1``,
+    ``method={"predictor": "none"}``; NumPy scalars are taken as Python numbers). ``resume``: a
+    run folder to continue from its ``checkpoints/last.pt`` with its saved config (overrides may
+    change e.g. ``train.epochs``); a ``method`` or ``dataset`` named with it must be the run's.
     Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` and ``summary.json`` under
     ``run.out_dir/run.name``.
     """
-    overrides = list(overrides)
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    kwargs = plain_values(kwargs)
     # train(method="byol", dataset="digits") names them; method={...} is the method section
     if isinstance(kwargs.get("method"), str):
         method = kwargs.pop("method")
@@ -1206,6 +1270,7 @@ def train(
         dataset = kwargs.pop("dataset")
     if resume is not None:
         cfg, run_dir = resumed_config(resume, config, overrides, **kwargs)
+        check_same_run(to_dict(cfg), method, dataset, run_dir, how="resume")
         return Trainer(cfg, run_dir, resume=True).fit()
     cfg = load_config(method, dataset, config_file=config, overrides=overrides, **kwargs)
     if cfg.run.recipe is None:  # a dataset without a recipe: pick one by image size and device

@@ -46,6 +46,7 @@ __all__ = [
     "ConvergenceWarning",
     "FeatureSplits",
     "LinearProbe",
+    "SummaryNotWrittenWarning",
     "accuracy_from_scores",
     "adjusted_rand_index",
     "append_to_summary",
@@ -67,8 +68,8 @@ __all__ = [
     "run_protocols",
 ]
 
-_API_NAMES = ("BASELINES", "PROTOCOLS", "CheckpointSource", "append_to_summary", "evaluate",
-              "pixel_splits", "run_protocols")
+_API_NAMES = ("BASELINES", "PROTOCOLS", "CheckpointSource", "SummaryNotWrittenWarning",
+              "append_to_summary", "evaluate", "pixel_splits", "run_protocols")
 
 
 def __getattr__(name: str) -> Any:

@@ -16,13 +16,16 @@ from torch import nn
 from collapselab._device import resolve_device
 from collapselab._validation import ArrayLike, InputError
 from collapselab.engine.checkpoint import CheckpointError, load_checkpoint
+from collapselab.evaluation._inputs import check_count, check_l2, check_real, check_seed
 from collapselab.evaluation.clustering import DEFAULT_N_INIT, code_clustering, kmeans_clustering
 from collapselab.evaluation.features import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_OUTPUT_KEY,
+    FEATURE_KEYS,
     FeatureSplits,
     cached_features,
     extract_features,
+    load_features,
     model_fingerprint,
     random_init_copy,
 )
@@ -91,7 +94,9 @@ def load_checkpoint_source(path: str | os.PathLike) -> CheckpointSource:
     cached there (``features.npz`` for ``last.pt``, ``features_<stem>.npz`` for other files).
 
     Raises:
-        InputError: ``path`` does not exist, or a folder holds no ``checkpoints/last.pt``.
+        InputError: ``path`` does not exist, or a folder holds no ``checkpoints/last.pt``;
+            :class:`FeaturesFileError` when it is a features file (an ``.npz``, or a ``.pt``
+            dict with ``train_features``), which :func:`evaluate` reads as features instead.
         CheckpointError: the file is corrupt or was not written by the trainer.
     """
     path = Path(path)
@@ -121,9 +126,13 @@ def load_checkpoint_source(path: str | os.PathLike) -> CheckpointSource:
         )
         cache = parent / cache_name if in_run else None
 
+    if checkpoint.suffix.lower() == ".npz":  # NumPy archives are features, never checkpoints
+        raise FeaturesFileError(_features_file_message(checkpoint))
     try:
         state = load_checkpoint(checkpoint, map_location="cpu")
     except CheckpointError as err:
+        if _holds_features(checkpoint):
+            raise FeaturesFileError(_features_file_message(checkpoint)) from err
         raise CheckpointError(f"loading the backbone for evaluation: {err}") from err
     backbone = backbone_from_state(state, where=str(checkpoint))
     normalization = state.get("normalization") or {}
@@ -140,6 +149,28 @@ def load_checkpoint_source(path: str | os.PathLike) -> CheckpointSource:
         step=int(state["global_step"]) if "global_step" in state else None,
         checkpoint=None if run_dir is None or checkpoint.name == RUN_CHECKPOINT.name else checkpoint.stem,
     )
+
+
+class FeaturesFileError(InputError):
+    """A features file (.npz, or a .pt dict of train/test features) given where a run folder or
+    checkpoint was expected; :func:`evaluate` reads such a path as features instead."""
+
+
+def _features_file_message(path: Path) -> str:
+    return (
+        f"{path}: this is a features file ({', '.join(FEATURE_KEYS)}), not a run folder or "
+        f"checkpoint; pass it with --features: collapselab eval --features {path} "
+        "(Python: evaluate(path) or load_features(path))"
+    )
+
+
+def _holds_features(path: Path) -> bool:
+    """Whether ``path`` (a file that is not a trainer checkpoint) is a dict of train/test features."""
+    try:
+        arrays = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file either: the checkpoint error stands
+        return False
+    return isinstance(arrays, Mapping) and "train_features" in arrays and "format" not in arrays
 
 
 def _as_splits(source: Any) -> FeatureSplits:
@@ -255,7 +286,11 @@ def evaluate(
             :class:`FeatureSplits`), or a run folder / checkpoint path (``str`` or
             ``PathLike``): :func:`load_checkpoint_source` rebuilds the backbone, the run's
             dataset, normalisation and feature cache serve as defaults, and the scores are
-            merged into the run's ``summary.json`` under ``"eval"``.
+            merged into the run's ``summary.json`` under ``"eval"`` (when that fails, e.g. in a
+            read-only folder, a :class:`SummaryNotWrittenWarning` says so and the scores are
+            still returned). A path to a features file (.npz, or a .pt dict of features) is
+            read with :func:`load_features`. Labels may be integers or text (class names,
+            mapped to indices over both splits together).
         dataset: registered dataset name (``collapselab datasets``). For a module, the images to
             embed (required); for a checkpoint, default the run's dataset; for features, the
             source of the raw-pixel baseline (its splits must match the features' labels), and
@@ -270,6 +305,9 @@ def evaluate(
             the trainer's; else 200 and 0.1; both are recorded in the run's summary); a k
             larger than the training split is lowered to its size, with a warning; l2: probe λ (or candidates);
             n_init: k-means restarts; seed: k-means, probe validation split and random init.
+            All are checked before any work (:class:`InputError`): k, n_init, batch_size whole
+            numbers >= 1; seed a whole number, in [0, 2**32 − 1] with the clustering protocol
+            (scikit-learn's k-means); temperature finite > 0; l2 finite >= 0.
         device: where to embed and compute (default: the module's device / the features').
         batch_size, transform, output_key: feature extraction (see :func:`extract_features`).
         data_dir, download: where the dataset lives / fetch it if missing.
@@ -283,10 +321,23 @@ def evaluate(
         ``knn_k`` (after any cap) and ``knn_temperature``.
     """
     where: CheckpointSource | None = None  # the run (folder, step, checkpoint) the scores are recorded for
+    # Settings first: a bad number is a one-line error before any checkpoint is read or work done.
+    if k is not None:
+        k = check_count(k, "k", what=" of neighbours")
+    if temperature is not None:
+        temperature = check_real(temperature, "temperature", positive=True, what=" (kNN vote temperature)")
+    l2 = check_l2(l2)
+    n_init = check_count(n_init, "n_init", what=" (k-means restarts)")
+    protocols = _check_names(protocols, PROTOCOLS, "protocol")
+    seed = check_seed(seed, kmeans="clustering" in protocols)
+    batch_size = check_count(batch_size, "batch_size")
     if device is not None:  # a device this machine lacks is a one-line error, before any work
         device = resolve_device(device, "device")
     if isinstance(source, (str, os.PathLike)):
-        source = load_checkpoint_source(source)
+        try:
+            source = load_checkpoint_source(source)
+        except FeaturesFileError:  # an .npz (or .pt dict) of features: score those
+            source = load_features(source)
     if isinstance(source, CheckpointSource):
         where = source
         dataset = dataset if dataset is not None else source.dataset
@@ -296,9 +347,13 @@ def evaluate(
         k = k if k is not None else source.knn_k
         temperature = temperature if temperature is not None else source.knn_temperature
         source = source.model
-    k = DEFAULT_K if k is None else int(k)
-    temperature = DEFAULT_TEMPERATURE if temperature is None else float(temperature)
-    protocols = _check_names(protocols, PROTOCOLS, "protocol")
+    k = check_count(DEFAULT_K if k is None else k, "k", what=" of neighbours")
+    temperature = check_real(
+        DEFAULT_TEMPERATURE if temperature is None else temperature,
+        "temperature",
+        positive=True,
+        what=" (kNN vote temperature)",
+    )
     baselines = _check_names(baselines, BASELINES, "baseline")
     data = _load_dataset(dataset, data_dir, download) if dataset is not None else None
 
@@ -356,12 +411,33 @@ def evaluate(
     if "knn" in protocols:  # the settings used (k capped at the bank's size)
         results.update(knn_k=k, knn_temperature=temperature)
     if where is not None and where.run_dir is not None:
-        scores = {**results, **({"step": where.step} if where.step is not None else {})}
+        _record(where, results)
+    return results
+
+
+class SummaryNotWrittenWarning(UserWarning):
+    """The scores were computed but could not be merged into the run's ``summary.json``
+    (a read-only run folder, a full disk, a corrupt summary): :func:`evaluate` still returns them."""
+
+
+def _record(where: CheckpointSource, results: Mapping[str, float]) -> None:
+    """Merge ``results`` into the run's summary; a failure is a warning, the scores are kept."""
+    assert where.run_dir is not None
+    scores = {**results, **({"step": where.step} if where.step is not None else {})}
+    summary_path = RunFolder(where.run_dir).summary_path
+    try:
         if where.checkpoint is not None:  # a kept earlier checkpoint: its own entry, merged with what it had
             kept = RunFolder(where.run_dir).summary().get(where.summary_section) or {}
             scores = {where.checkpoint: {**(kept.get(where.checkpoint) or {}), **scores}}
         append_to_summary(where.run_dir, scores, key=where.summary_section)
-    return results
+    except (OSError, InputError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        warnings.warn(
+            f"the scores could not be merged into {summary_path} ({reason}); they were computed "
+            "but are not recorded there",
+            SummaryNotWrittenWarning,
+            stacklevel=3,
+        )
 
 
 def _check_matches_dataset(splits: FeatureSplits, data: tuple[Any, Any], dataset: str) -> None:

@@ -26,13 +26,19 @@ import torch.nn.functional as F
 
 from collapselab._validation import ArrayLike, InputError, as_tensor
 from collapselab.diagnostics.clusters import kmeans_assignments
-from collapselab.evaluation._inputs import check_features, check_labels
+from collapselab.evaluation._inputs import (
+    categorical_codes,
+    check_count,
+    check_features,
+    check_labels,
+    check_seed,
+)
 
 DEFAULT_N_INIT = 10
 
 
 def _partition(labels: ArrayLike, name: str) -> np.ndarray:
-    t = as_tensor(labels, name)
+    t = as_tensor(categorical_codes([labels], [name])[0], name)
     if t.ndim != 1:
         raise InputError(
             f"{name}: expected a 1-D array of cluster/class labels, got shape {tuple(t.shape)}"
@@ -125,6 +131,8 @@ def kmeans_clustering(
 
     ``n_clusters`` defaults to the number of distinct labels. Returns ``{"nmi", "ari", "acc"}``.
     """
+    n_init = check_count(n_init, "n_init", what=" (k-means restarts)")
+    seed = check_seed(seed)
     x = check_features(features, "features")
     y = check_labels(labels, x.shape[0], "labels", "features")
     n_classes = int(torch.unique(y).numel())

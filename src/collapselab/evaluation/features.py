@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from collapselab._validation import ArrayLike, InputError, as_tensor
-from collapselab.evaluation._inputs import check_features, check_labels
+from collapselab.evaluation._inputs import categorical_codes, check_features, check_labels
 
 FEATURE_KEYS = ("train_features", "train_labels", "test_features", "test_labels")
 OPTIONAL_KEYS = ("test_codes",)
@@ -30,6 +31,9 @@ class FeatureSplits:
     """Train/test features and labels of one representation (the input of every protocol).
 
     ``test_codes``: optional (M,) code indices or (M, c) code probabilities of the test samples.
+    Labels are integers (or whole-valued floats); text labels (class names, e.g. ``str`` arrays)
+    become the indices of the sorted class names of both splits together, so a name gets the same
+    index in train and test.
     """
 
     train_features: torch.Tensor
@@ -46,6 +50,9 @@ class FeatureSplits:
                 f"train_features have {self.train_features.shape[1]} dimensions but test_features have "
                 f"{self.test_features.shape[1]}; both splits must come from the same feature extractor"
             )
+        self.train_labels, self.test_labels = categorical_codes(
+            [self.train_labels, self.test_labels], ["train_labels", "test_labels"]
+        )
         self.train_labels = check_labels(
             self.train_labels, len(self.train_features), "train_labels", "train_features"
         )
@@ -236,8 +243,18 @@ def cached_features(
                 f"feature cache {path} unreadable ({err}); recomputing", UserWarning, stacklevel=3
             )
     splits = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    splits.save(tmp, fingerprint=np.array(fingerprint))
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        splits.save(tmp, fingerprint=np.array(fingerprint))
+        tmp.replace(path)
+    except OSError as err:  # a read-only run folder: the features are computed, keep going
+        with contextlib.suppress(OSError):  # a partial temporary file, if one was made
+            tmp.unlink(missing_ok=True)
+        warnings.warn(
+            f"feature cache {path} not written ({err.strerror or err}); the features are "
+            "recomputed next time",
+            UserWarning,
+            stacklevel=3,
+        )
     return splits

@@ -24,8 +24,10 @@ import torch.nn.functional as F
 
 from collapselab._validation import ArrayLike, InputError
 from collapselab.evaluation._inputs import (
+    check_count,
     check_features,
     check_labels,
+    check_real,
     check_split_pair,
     resolve_device,
 )
@@ -70,10 +72,8 @@ def knn_scores(
         )
     if int(ytr.min()) < 0:
         raise InputError(f"train_labels must be in 0..C-1, got minimum {int(ytr.min())}")
-    if k < 1:
-        raise InputError(f"k must be a positive number of neighbours, got {k}")
-    if not temperature > 0:
-        raise InputError(f"temperature must be > 0, got {temperature}")
+    k = check_count(k, "k", what=" of neighbours")
+    temperature = check_real(temperature, "temperature", positive=True, what=" (kNN vote temperature)")
     n_classes = int(ytr.max()) + 1 if n_classes is None else int(n_classes)
     if int(ytr.max()) >= n_classes:
         raise InputError(
@@ -119,7 +119,8 @@ def knn_accuracy(
 ) -> dict[str, float]:
     """Weighted kNN top-1 and top-5 accuracy (fractions in [0, 1]) of test samples against the train bank.
 
-    Labels may be any integers; they are mapped to 0..C−1 over both splits. See :func:`knn_scores`.
+    Labels may be any integers or text (class names); they are mapped to 0..C−1 over both
+    splits. See :func:`knn_scores`.
     Returns ``{"knn_top1": ..., "knn_top5": ...}``.
     """
     xtr, ytr, xte, yte, n_classes = check_split_pair(

@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from collapselab._validation import ArrayLike, InputError
 from collapselab.evaluation._inputs import (
     check_features,
+    check_l2,
     check_labels,
+    check_seed,
     check_split_pair,
     resolve_device,
 )
@@ -173,9 +175,9 @@ def fit_linear_probe(
     dev = resolve_device(device, x)
     x = x.to(device=dev, dtype=dtype)
     y = y.to(dev)
-    candidates = [float(l2)] if isinstance(l2, (int, float)) else [float(v) for v in l2]
-    if not candidates or min(candidates) < 0:
-        raise InputError(f"l2 must be >= 0 (or a non-empty sequence of such values), got {l2!r}")
+    checked = check_l2(l2)
+    candidates = checked if isinstance(checked, list) else [checked]
+    seed = check_seed(seed, kmeans=False)
     if len(candidates) > 1:
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(x.shape[0], generator=generator).to(dev)
@@ -212,8 +214,8 @@ def linear_probe(
 ) -> dict[str, float]:
     """Fit on the train split, score on the held-out test split.
 
-    Labels may be any integers; a class absent from the train split is never predicted (its
-    test samples count as errors). Returns fractions in [0, 1]:
+    Labels may be any integers or text (class names); a class absent from the train split is
+    never predicted (its test samples count as errors). Returns fractions in [0, 1]:
     ``linear_top1`` (test) and ``linear_train_top1`` (train; a large gap means overfitting).
     """
     xtr, ytr, xte, yte, _ = check_split_pair(

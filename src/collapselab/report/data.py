@@ -1,7 +1,9 @@
 """What the report and ``compare`` read from a run folder, read once through :class:`RunFolder`.
 
 Every file is optional: a file that is missing or unreadable becomes a note (``RunData.notes``),
-never an exception, so a failed or interrupted run still gets a report.
+never an exception, so a failed or interrupted run still gets a report. A file that is there but
+damaged (not readable, garbage lines, a section of the wrong type) is also listed in
+``RunData.damaged``: the commands print one warning line per such file (:func:`damage_warnings`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collapselab.runs import (
     METRICS_FILE,
     SPECTRA_FILE,
     SUMMARY_FILE,
+    SUMMARY_SECTION_TYPES,
     RunFolder,
     open_runs,
 )
@@ -43,6 +46,7 @@ class RunData:
     checks: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     spectra: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # file name → what is wrong with it
+    damaged: dict[str, str] = field(default_factory=dict)  # file name → the damage, for a warning
 
     @property
     def name(self) -> str:
@@ -119,7 +123,17 @@ def load_run(run: RunLike | RunData) -> RunData:
     if data.config is not None:
         data.config_text = folder.config_path.read_text(encoding="utf-8", errors="replace")
     data.summary = _attempt(data, SUMMARY_FILE, folder.summary, present=folder.summary_path.is_file()) or {}
+    bad_sections = folder.summary_problems(data.summary)
+    if bad_sections:  # left out, so every reader sees a sound summary
+        for key in SUMMARY_SECTION_TYPES:
+            if any(problem.startswith(f"{key!r} ") for problem in bad_sections):
+                data.summary.pop(key, None)
+        _damage(data, SUMMARY_FILE, "; ".join(bad_sections) + "; ignored")
     history = _attempt(data, METRICS_FILE, folder.history, present=folder.metrics_path.is_file()) or []
+    skipped = _attempt(data, METRICS_FILE, folder.metrics_problems, present=True) or []
+    if skipped:
+        more = f", and {len(skipped) - 1} more damaged line{'s' if len(skipped) > 2 else ''}" if len(skipped) > 1 else ""
+        _damage(data, METRICS_FILE, f"{skipped[0]}; skipped{more}")
     for row in history:
         kind = row.get("kind")
         {"train": data.train, "epoch": data.epochs, "alarm": data.alarm_rows}.get(kind, []).append(row)
@@ -145,5 +159,21 @@ def _attempt(data: RunData, file: str, read: Any, *, present: bool) -> Any:
     try:
         return read()
     except (ValueError, OSError, KeyError, TypeError) as err:  # InputError is a ValueError
-        data.notes[file] = f"{file} could not be read: {err}"
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        prefix = f"{data.folder.path / file}: "
+        text = text[len(prefix):] if text.startswith(prefix) else text
+        data.notes[file] = f"{file} could not be read: {text}"
+        data.damaged.setdefault(file, f"could not be read ({text}); ignored")
         return None
+
+
+def _damage(data: RunData, file: str, what: str) -> None:
+    """Record that ``file`` is damaged (``what``): a note in the report and a warning line."""
+    data.damaged.setdefault(file, what)
+    data.notes.setdefault(file, f"{file}: {what}")
+
+
+def damage_warnings(runs: Iterable[RunData]) -> list[str]:
+    """One ``warning: RUN/FILE: what is wrong`` line per damaged file of each run."""
+    lines = (f"warning: {run.path / file}: {what}" for run in runs for file, what in run.damaged.items())
+    return list(dict.fromkeys(lines))  # a run given twice warns once

@@ -30,12 +30,19 @@ from collapselab.theory.eigenmodes import (
     predicted_collapse,
     stability,
 )
-from collapselab.theory.linear import LinearSSL, LinearState, SimulationResult, simulate
+from collapselab.theory.linear import (
+    DivergenceError,
+    LinearSSL,
+    LinearState,
+    SimulationResult,
+    simulate,
+)
 
 __all__ = [
     "Claim",
     "ClaimResult",
     "Comparison",
+    "DivergenceError",
     "LinearSSL",
     "LinearState",
     "PhaseMap",

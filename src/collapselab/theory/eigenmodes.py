@@ -99,7 +99,9 @@ def fixed_points(eta, sigma2=0.0, tau=1.0, alpha_p=1.0) -> dict[str, torch.Tenso
     """Non-trivial fixed points p*± = [τ ± √(τ² − 4η(1+σ²))]/(2(1+σ²)), s*± = p*±²/α_p.
 
     Returns tensors ``p_plus``, ``p_minus``, ``s_plus``, ``s_minus`` (NaN where they do not exist)
-    and the boolean ``exists`` (η ≤ τ²/(4(1+σ²))). Arguments broadcast.
+    and the boolean ``exists`` (η ≤ τ²/(4(1+σ²))). Arguments broadcast. The theory (p*₊ stable,
+    p*₋ a saddle) is for η ≥ 0, σ² ≥ 0, α_p > 0 and a target ratio τ > 0 (W_a = τW); outside
+    those ranges the formulas still evaluate but describe no training run.
     """
     eta, sigma2, tau, alpha_p = (
         torch.as_tensor(v, dtype=torch.float64) for v in (eta, sigma2, tau, alpha_p)

@@ -293,20 +293,112 @@ def _record_plan(t_end: float, dt: float, num_records: int) -> tuple[int, int]:
     return steps, every
 
 
+DIVERGENCE_NAMES = {
+    "dt": "dt",
+    "weight_decay": "weight_decay",
+    "sigma2": "sigma2",
+    "init_scale": "init_scale",
+}
+"""How :class:`DivergenceError` names the parameters to lower (the CLI passes its option names)."""
+
+STEP_GROWTH_LIMIT = 2.0
+"""A step that moves a configuration's weights by more than this × (1 + their norm) has left the
+flow: RK4 on a decaying mode moves it by less than 2× its size inside its stability region."""
+
+
+class DivergenceError(InputError):
+    """The integration blew up (NaN/Inf, or a step far larger than the weights): the step size or
+    the parameters are too large for the flow. Nothing is classified from such a run.
+
+    Attributes: ``step`` and ``steps`` (``None`` for the adaptive solver), ``time``, ``config``
+    (the first diverging configuration), ``detail`` (what was seen), ``dt`` (the requested step,
+    ``None`` for the adaptive solver), ``h`` (the step used) and ``rate`` (how fast the expected
+    flow moves the initial weights, per unit time, relative to their size).
+    """
+
+    def __init__(self, *, step: int | None, steps: int | None, time: float, config: int,
+                 detail: str, dt: float | None, h: float | None, rate: float) -> None:
+        self.step, self.steps, self.time, self.config = step, steps, time, config
+        self.detail, self.dt, self.h, self.rate = detail, dt, h, rate
+        super().__init__(self.describe())
+
+    def describe(self, names: dict[str, str] | None = None) -> str:
+        """The one-line message, naming the parameters as in ``names`` (default: the API's)."""
+        n = {**DIVERGENCE_NAMES, **(names or {})}
+        where = f"at t = {self.time:.4g}" if self.step is None else (
+            f"at step {self.step} of {self.steps} (t = {self.time:.4g})"
+        )
+        slower = f"smaller {n['weight_decay']}, {n['sigma2']} or {n['init_scale']}"
+        if self.dt is None:
+            fix = f"the flow is too fast or unstable here: use {slower}"
+        else:
+            step = f"{self.dt:.3g}" if self.h == self.dt else f"{self.dt:.3g}, a step of {self.h:.3g} here"
+            limit = 0.5 / self.rate if self.rate > 0 else math.inf
+            fix = f"lower {n['dt']} (now {step})"
+            if self.h is not None and limit < self.h:
+                fix += f" to about {limit:.2g} or less (the flow's initial rate is ~{self.rate:.3g} per unit time)"
+            fix += f", or slow the flow ({slower})"
+        return f"the simulation diverged {where}, configuration {self.config}: {self.detail}; {fix}"
+
+
+def _per_config_norm(state: LinearState) -> torch.Tensor:
+    """‖(W, W_p, W_a)‖ per configuration, shape (B,)."""
+    return sum(t.flatten(1).square().sum(1) for t in state if t is not None).sqrt()
+
+
+def _flow_rate(model: LinearSSL, y0: LinearState) -> float:
+    """max over configurations of ‖f(y0)‖ / (1 + ‖y0‖): the expected flow's speed at the start."""
+    with torch.no_grad():
+        rate = _per_config_norm(model.vector_field(y0)) / (1 + _per_config_norm(y0))
+    rate = rate[torch.isfinite(rate)]
+    return float(rate.max()) if rate.numel() else math.inf
+
+
+def _check_step(model: LinearSSL, y0: LinearState, before: LinearState, after: LinearState,
+                k: int, steps: int, h: float, dt: float) -> None:
+    """Raise :class:`DivergenceError` if ``after`` is non-finite or ``before → after`` is a
+    blow-up (a change of more than STEP_GROWTH_LIMIT × (1 + ‖before‖))."""
+    size = _per_config_norm(before)
+    change = _per_config_norm(_state_map(torch.sub, after, before))
+    bad = ~torch.isfinite(change) | (change > STEP_GROWTH_LIMIT * (1 + size))
+    if not bool(bad.any()):
+        return
+    b = int(bad.nonzero()[0, 0])
+    if not math.isfinite(float(change[b])):
+        detail = "the weights became NaN/Inf"
+    else:
+        detail = (f"one step changed the weights by {float(change[b]):.3g} "
+                  f"(their norm was {float(size[b]):.3g})")
+    raise DivergenceError(step=k, steps=steps, time=k * h, config=b, detail=detail, dt=dt, h=h,
+                          rate=_flow_rate(model, y0))
+
+
 def integrate_rk4(
     model: LinearSSL, y0: LinearState, t_end: float, dt: float = 0.01, num_records: int = 200
 ) -> tuple[torch.Tensor, list[LinearState]]:
-    """Expected gradient flow by RK4 with a fixed step; returns record times and states."""
+    """Expected gradient flow by RK4 with a fixed step; returns record times and states.
+
+    Raises :class:`DivergenceError` at the first step that blows up (see :func:`_check_step`).
+    """
     y0 = model.check_state(y0)
     steps, every = _record_plan(t_end, dt, num_records)
     h = t_end / steps
     y, times, states = y0, [0.0], [y0]
     for k in range(1, steps + 1):
-        y = rk4_step(model.vector_field, y, h)
+        y_next = rk4_step(model.vector_field, y, h)
+        _check_step(model, y0, y, y_next, k, steps, h, dt)
+        y = y_next
         if k % every == 0 or k == steps:
             times.append(k * h)
             states.append(y)
     return torch.tensor(times, dtype=torch.float64), states
+
+
+ADAPTIVE_MAX_EVALUATIONS = 200_000
+"""The adaptive solver stops (with a DivergenceError) after this many vector-field evaluations
+(about 20 s): a flow that needs more is too stiff or explosive for an explicit method. A flow
+whose initial speed × t_end already needs more (DOP853 takes ≳ 2·rate·t_end evaluations on a
+stiff decaying flow) is refused before integrating."""
 
 
 def integrate_adaptive(
@@ -317,13 +409,32 @@ def integrate_adaptive(
     rtol: float = 1e-9,
     atol: float = 1e-12,
     method: str = "DOP853",
+    max_evaluations: int = ADAPTIVE_MAX_EVALUATIONS,
 ) -> tuple[torch.Tensor, list[LinearState]]:
-    """Expected gradient flow with SciPy's adaptive solver (``solve_ivp``, default DOP853)."""
+    """Expected gradient flow with SciPy's adaptive solver (``solve_ivp``, default DOP853).
+
+    Raises :class:`DivergenceError` when the state becomes NaN/Inf, the solver gives up, or it
+    needs more than ``max_evaluations`` vector-field evaluations (a stiff or exploding flow).
+    """
     from scipy.integrate import solve_ivp
 
     y0 = model.check_state(y0)
+    calls = [0]
 
-    def rhs(_t: float, vec: np.ndarray) -> np.ndarray:
+    def diverged(t: float, detail: str) -> DivergenceError:
+        return DivergenceError(step=None, steps=None, time=t, config=0, detail=detail, dt=None,
+                               h=None, rate=_flow_rate(model, y0))
+
+    too_many = f"the adaptive solver would need more than {max_evaluations} evaluations (a stiff or exploding flow)"
+    if 2 * _flow_rate(model, y0) * t_end > max_evaluations:
+        raise diverged(0.0, too_many)
+
+    def rhs(t: float, vec: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        if not np.isfinite(vec).all():
+            raise diverged(t, "the weights became NaN/Inf")
+        if calls[0] > max_evaluations:
+            raise diverged(t, too_many)
         return flatten_state(model.vector_field(unflatten_state(torch.from_numpy(vec), y0))).numpy()
 
     t_eval = np.linspace(0.0, t_end, max(2, num_records + 1))
@@ -336,10 +447,9 @@ def integrate_adaptive(
         rtol=rtol,
         atol=atol,
     )
-    if not sol.success:
-        raise RuntimeError(
-            f"adaptive integration failed: {sol.message}; try integrator='rk4' with a small dt"
-        )
+    if not sol.success or not np.isfinite(sol.y).all():
+        t_fail = float(sol.t[-1]) if sol.t.size else 0.0
+        raise diverged(t_fail, f"the adaptive solver failed ({sol.message})")
     states = [
         unflatten_state(torch.from_numpy(sol.y[:, k].copy()), y0) for k in range(sol.y.shape[1])
     ]
@@ -359,6 +469,7 @@ def integrate_sgd(
 
     Each step draws ``batch_size`` fresh pairs per configuration and applies
     θ ← θ + dt·(mini-batch vector field); as dt → 0 with dt·steps fixed this follows the flow.
+    Raises :class:`DivergenceError` at the first step that blows up (see :func:`_check_step`).
     """
     if batch_size < 1:
         raise InputError(f"batch_size: need at least one sampled pair per step, got {batch_size}")
@@ -371,7 +482,9 @@ def integrate_sgd(
             model.X, model.X_prime, batch_size, batch=model.batch, generator=generator
         )
         velocity = model.vector_field(y, sample_moments(x1, x2))
-        y = _state_map(lambda a, v: a + h * v, y, velocity)
+        y_next = _state_map(lambda a, v: a + h * v, y, velocity)
+        _check_step(model, y0, y, y_next, k, steps, h, dt)
+        y = y_next
         if k % every == 0 or k == steps:
             times.append(k * h)
             states.append(y)
@@ -502,6 +615,12 @@ def simulate(
     Returns:
         :class:`SimulationResult` with trajectories and the per-mode outcome.
 
+    Raises:
+        InputError: for invalid arguments, and :class:`DivergenceError` (an ``InputError``) when
+        the integration blows up (NaN/Inf, or one step far larger than the weights); the message
+        gives the step and time and says to lower ``dt`` or slow the flow. A diverged run is
+        never classified.
+
     Example:
         >>> res = simulate("stopgrad", predictor=False, sigma2=0.5, t_end=40)
         >>> res.outcome[0]
@@ -564,6 +683,11 @@ def simulate(
     else:
         times, states = integrate_sgd(model, y0, t_end, dt, batch_size, num_records, generator)
 
+    for k, st in enumerate(states):  # the integrators check every step; this is a last guard
+        if not all(bool(torch.isfinite(t).all()) for t in st if t is not None):
+            raise DivergenceError(step=None, steps=None, time=float(times[k]), config=0,
+                                  detail="the weights became NaN/Inf", dt=None, h=None,
+                                  rate=_flow_rate(model, y0))
     modes = [mode_quantities(st) for st in states]
     s = torch.stack([m["s"] for m in modes])
     p = torch.stack([m["p"] for m in modes])

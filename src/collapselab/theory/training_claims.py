@@ -127,7 +127,7 @@ STOP = "monitor.policy=stop"
     "simsiam-no-predictor-collapses",
     source="Chen & He 2021 (arXiv 2011.10566), Table 1 / §4; docs/training.md",
     statement="SimSiam without its predictor collapses: on digits, method.predictor=none raises a "
-    "dimensional 'collapsed' alarm (docs/training.md: warning at step 35, collapsed at 70).",
+    "dimensional 'collapsed' alarm (measured steps: docs/training.md).",
     counterfactual="the same run with the predictor (the recipe) raises no collapsed alarm",
     slow=True,
     kind="training",
@@ -143,7 +143,7 @@ def _check_simsiam_no_predictor(counterfactual: bool) -> list[Comparison]:
     source="Grill et al. 2020 (arXiv 2006.07733), Table 5b; docs/training.md",
     statement="BYOL without a predictor and with a fast target (τ = 0.9) collapses: on digits "
     "method.predictor=none method.ema=0.9 raises a dimensional 'collapsed' alarm "
-    "(docs/training.md: at step 20).",
+    "(measured step: docs/training.md).",
     counterfactual="the same run with the predictor (method.ema=0.9) raises no collapsed alarm",
     slow=True,
     kind="training",
