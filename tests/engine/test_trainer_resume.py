@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import collapselab
+from collapselab.config import config_from_dict
 from collapselab.engine import load_checkpoint, read_metrics, save_checkpoint
-from collapselab.engine.trainer import Trainer
+from collapselab.engine.trainer import Trainer, TrainingError
 from collapselab.evaluation import append_to_summary
 from collapselab.runs import RunFolder
 
@@ -190,3 +192,27 @@ def test_resuming_with_another_augmentation_backend_says_so(tmp_path: Path, caps
     err = capsys.readouterr().err
     assert "made by the 'native' augmentation backend and now by 'torch'" in err
     assert "data.augment_backend=native" in err
+
+
+def test_config_yaml_changes_only_with_a_checkpoint_of_the_resumed_run(tmp_path: Path) -> None:
+    """config.yaml is the config of the latest checkpoint: a resume that trains nothing, or that
+    diverges before its first epoch ends, leaves it as it was, so a plain resume starts again from
+    what last.pt was trained with; a resume that saves a checkpoint records its overrides."""
+    run_dir = tmp_path / "r"
+    collapselab.train("byol", "digits", **tiny(tmp_path, "r", train={"epochs": 1}))
+
+    def lr_in_yaml() -> float:
+        return float(config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())).optim.lr)
+
+    original = lr_in_yaml()
+
+    collapselab.train(resume=run_dir, optim={"lr": original / 2})  # completed: nothing to train
+    assert lr_in_yaml() == original
+
+    with pytest.raises(TrainingError, match=r"nan|inf|finite"):
+        collapselab.train(resume=run_dir, train={"epochs": 2}, optim={"lr": 1e30})
+    assert lr_in_yaml() == original
+
+    collapselab.train(resume=run_dir, train={"epochs": 2}, optim={"lr": original / 2})
+    assert lr_in_yaml() == original / 2
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"

@@ -478,6 +478,9 @@ class Trainer:
         if ranks is not None:
             state["ranks"] = ranks
         self.spectra.save(self.folder.spectra_path)  # before last.pt: a resume trims it to its step
+        if self.resume and not self.resume_config_written:  # see _fit: with the first new checkpoint
+            write_atomic(self.run_dir / "config.yaml", to_yaml(self.config))
+            self.resume_config_written = True
         save_checkpoint(self.checkpoint_dir / LAST, state)
         if self.epoch in self._kept_epochs():
             save_checkpoint(self.checkpoint_dir / f"epoch_{self.epoch:04d}.pt", state)
@@ -917,9 +920,15 @@ class Trainer:
         c = self.config
         start_wall = time.perf_counter()
         status = "completed"
+        # config.yaml is the config of the run's latest checkpoint. A new run writes it now; a
+        # resume only with its first new checkpoint (_save), so a resume that trains nothing (a
+        # completed run) or fails before its first epoch ends (an override that diverges) leaves
+        # the config that last.pt was trained with, and a plain --resume starts from that again
+        self.resume_config_written = False
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.run_dir / "config.yaml", to_yaml(c))  # a crash leaves the old one whole
+            if not self.resume:
+                write_atomic(self.run_dir / "config.yaml", to_yaml(c))  # a crash leaves the old one whole
         try:
             self.monitor_check_s = 0.0
             if self.global_step == 0 and c.monitor.enabled:
