@@ -55,3 +55,12 @@ def test_missing_split_hint_for_own_data(tmp_path: Path) -> None:
     _folder(tmp_path / "imgs" / "test", {"a": 1})
     assert missing_split_hint("imagefolder", "test", tmp_path / "imgs") is None
     assert missing_split_hint("digits", "test", None) is None  # registered datasets have their splits
+
+
+def test_build_augment_refuses_views_that_are_not_a_mapping_even_when_falsy() -> None:
+    """views=0 (or []) is not 'no overrides': it is a malformed views section."""
+    from collapselab.data import build_augment
+
+    for views in (0, [], "x"):
+        with pytest.raises(InputError, match="'views' must map group names"):
+            build_augment({"recipe": "byol", "views": views})

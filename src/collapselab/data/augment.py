@@ -799,7 +799,8 @@ def build_augment(config: str | Mapping[str, Any] | None = "simclr", **overrides
     use_native(backend, torch.empty(0))  # validates the name
     if (mean is None) != (std is None):
         raise InputError("augment: give both mean and std (per channel) or neither")
-    view_overrides = cfg.pop("views", None) or {}
+    view_overrides = cfg.pop("views", None)
+    view_overrides = {} if view_overrides is None else view_overrides
     if not isinstance(view_overrides, Mapping):
         raise InputError(f"augment: 'views' must map group names to settings, got {type(view_overrides).__name__}")
     common = _as_pairs(cfg)

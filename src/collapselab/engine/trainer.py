@@ -1225,8 +1225,8 @@ def default_run_name(config: Config) -> str:
     return f"{config.method.name}_{config.data.dataset}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def resumed_config(resume: str | os.PathLike, config: str | os.PathLike | None = None,
-                   overrides: Iterable[str] = (), **kwargs: Any) -> tuple[Config, Path]:
+def resumed_config(resume: str | os.PathLike, config: str | os.PathLike | Mapping[str, Any] | None = None,
+                   overrides: Iterable[str] | str = (), **kwargs: Any) -> tuple[Config, Path]:
     """The config a ``--resume`` of run folder ``resume`` trains with (its ``config.yaml``, with
     ``config`` / ``overrides`` / ``kwargs`` layered over it and checked by
     :func:`check_resume_changes`) and the run folder."""
