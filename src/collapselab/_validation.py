@@ -68,11 +68,18 @@ def as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         if x.dtype == object:
             raise InputError(f"{name}: object arrays are not supported; pass a numeric array")
-        return torch.from_numpy(np.ascontiguousarray(x))
+        if x.dtype.kind in "USV":
+            raise InputError(f"{name}: holds {'text' if x.dtype.kind in 'US' else 'raw bytes'} ({x.dtype}); pass "
+                             "a numeric array (for class names: np.unique(names, return_inverse=True)[1])")
+        try:
+            return torch.from_numpy(np.ascontiguousarray(x))
+        except TypeError as err:  # dtypes torch has no tensor for (e.g. datetime64)
+            raise InputError(f"{name}: arrays of dtype {x.dtype} are not supported; pass a numeric array") from err
     try:
-        return torch.as_tensor(np.asarray(x))
+        array = np.asarray(x)
     except (TypeError, ValueError) as err:
         raise InputError(f"{name}: cannot convert {type(x).__name__} to a numeric array ({err})") from err
+    return as_tensor(array, name)
 
 
 def describe_nonfinite(t: torch.Tensor, name: str, limit: int = 5) -> str:

@@ -67,3 +67,14 @@ def test_mismatched_views_and_codes_rejected() -> None:
         diagnose(z, codes=torch.arange(8))
     with pytest.raises(InputError, match="labels"):
         diagnose(z, labels=torch.arange(11))
+
+
+@pytest.mark.parametrize("which", ["z", "labels", "codes"])
+def test_text_arrays_are_a_one_line_error_naming_the_argument(which: str) -> None:
+    """Class names given where numbers go: an InputError that names the argument and the fix,
+    not torch's TypeError."""
+    z = np.random.default_rng(0).normal(size=(40, 4))
+    names = np.array(["cat", "dog"] * 20)
+    kwargs = {"z": names.reshape(20, 2)} if which == "z" else {"z": z, which: names}
+    with pytest.raises(InputError, match=rf"^{which}: holds text .*np.unique"):
+        diagnose(**kwargs)
