@@ -103,6 +103,19 @@ def test_eval_of_an_earlier_step_moves_aside_instead_of_mixing(tmp_path: Path) -
                                                 "15": {"knn_top1": 0.3, "step": 15}}
 
 
+def test_update_summary_of_another_step_keeps_the_old_scores_under_their_own_step(tmp_path: Path) -> None:
+    """collapselab eval's merge (update_summary) of new weights' scores: the old step's scores move
+    to eval_earlier under that step, not into eval under the new one."""
+    folder = RunFolder(tmp_path)
+    folder.write_summary({"eval": {"knn_top1": 0.4, "step": 50}})
+    folder.update_summary("eval", {"linear_top1": 0.8, "step": 105})
+    on_disk = folder.summary()
+    assert on_disk["eval"] == {"linear_top1": 0.8, "step": 105}
+    assert on_disk["eval_earlier"] == {"50": {"knn_top1": 0.4, "step": 50}}
+    folder.update_summary("eval", {"knn_top1": 0.5})  # no step: the same weights, merged
+    assert folder.summary()["eval"] == {"linear_top1": 0.8, "knn_top1": 0.5, "step": 105}
+
+
 def test_summary_that_is_not_an_object_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="expected a JSON object"):

@@ -442,7 +442,11 @@ class RunFolder:
         return merged
 
     def update_summary(self, section: str, values: Mapping[str, Any]) -> dict[str, Any]:
-        """Merge ``values`` into ``summary[section]`` (e.g. ``eval`` scores), keeping the rest."""
+        """Merge ``values`` into ``summary[section]`` (e.g. ``eval`` scores), keeping the rest. A
+        section in ``MERGED_SECTIONS`` is merged by :meth:`write_summary`, which keeps scores of
+        another training ``step`` apart (merging here first would label them with the new step)."""
+        if section in MERGED_SECTIONS:
+            return self.write_summary({section: dict(values)})
         return self.write_summary({section: {**(self.summary().get(section) or {}), **values}})
 
     # ---- checkpoints and the model ---------------------------------------------------------
