@@ -64,3 +64,15 @@ def test_build_augment_refuses_views_that_are_not_a_mapping_even_when_falsy() ->
     for views in (0, [], "x"):
         with pytest.raises(InputError, match="'views' must map group names"):
             build_augment({"recipe": "byol", "views": views})
+
+
+def test_npz_labels_must_be_whole_numbers_not_truncated(tmp_path: Path) -> None:
+    x = np.zeros((10, 8, 8, 3), np.uint8)
+    np.savez(tmp_path / "train.npz", x=x, y=np.linspace(0, 1, 10))
+    with pytest.raises(InputError, match="'y' holds non-integer values"):
+        get_dataset("npz", "train", data_dir=tmp_path)
+    np.savez(tmp_path / "train.npz", x=x, y=np.array(["cat", "dog"] * 5))
+    with pytest.raises(InputError, match="'y' holds <U3 values"):
+        get_dataset("npz", "train", data_dir=tmp_path)
+    np.savez(tmp_path / "train.npz", x=x, y=np.arange(10, dtype=np.float32))  # whole floats are fine
+    assert get_dataset("npz", "train", data_dir=tmp_path).labels.tolist() == list(range(10))

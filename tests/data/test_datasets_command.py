@@ -26,3 +26,11 @@ def test_datasets_command_json_is_machine_readable(tmp_path, capsys):
 def test_download_of_unknown_dataset_exits_with_usage_error(tmp_path, capsys):
     assert main(["datasets", "--data-dir", str(tmp_path), "--download", "cifar"]) == 2
     assert "unknown dataset 'cifar'" in capsys.readouterr().err
+
+
+def test_download_suggests_the_near_miss_and_refuses_datasets_of_your_own_files(tmp_path, capsys):
+    assert main(["datasets", "--data-dir", str(tmp_path), "--download", "cifar11"]) == 2
+    assert "did you mean 'cifar10'?" in capsys.readouterr().err
+    for name in ("npz", "imagefolder"):
+        assert main(["datasets", "--data-dir", str(tmp_path), "--download", name]) == 2
+        assert "nothing to download" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from typing import Any
@@ -41,8 +42,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         for name in args.download or []:
             if name not in DATASETS:
-                raise InputError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+                near = difflib.get_close_matches(name, list(DATASETS), n=1)
+                hint = f"did you mean {near[0]!r}? " if near else ""
+                raise InputError(f"unknown dataset {name!r}; {hint}known: {', '.join(DATASETS)}")
             spec = DATASETS[name]
+            if spec.user_path:
+                raise InputError(f"{name} reads your own files (data.data_dir=...); there is nothing to download")
             for split in spec.splits:
                 root = prepare(name, split, args.data_dir, download=True)
             print(f"{name}: ready in {root}")

@@ -538,8 +538,10 @@ def _read_npz(root: Path, split: str) -> ImageDataset:
             if "x" not in z:
                 raise InputError(f"{path}: expected an array named 'x' (images), found {sorted(z.files)}")
             x = _to_nchw_uint8(z["x"], str(path))
-            y = z["y"].astype(np.int64).reshape(-1) if "y" in z else np.full(len(x), -1, np.int64)
+            y = _int_labels(z["y"], str(path)) if "y" in z else np.full(len(x), -1, np.int64)
             classes = [str(c) for c in z["classes"]] if "classes" in z else None
+    except InputError:
+        raise
     except ValueError as err:  # object arrays (refused: loading them would unpickle), bad headers
         raise InputError(f"{path}: cannot be read as numeric arrays ({err}); save images and labels as "
                          "plain NumPy number arrays (np.savez(path, x=uint8 images, y=int labels))") from None
@@ -571,6 +573,18 @@ def _decode_image(path: Path, channels: int, size: tuple[int, int] | None) -> np
 def _class_folders(root: Path) -> list[str]:
     """Sorted class sub-folder names of ``root`` (hidden folders skipped)."""
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _int_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """``y`` as int64 class indices (-1 = unlabelled); fractional or text labels are an error,
+    not truncated."""
+    if y.dtype.kind not in "biuf":
+        raise InputError(f"{where}: 'y' holds {y.dtype} values; save class indices as integers "
+                         "(for class names: y = np.unique(names, return_inverse=True)[1], classes = the names)")
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise InputError(f"{where}: 'y' holds non-integer values (e.g. {y[np.isfinite(y) & (y != np.round(y))][:1]}"
+                         "); labels are class indices (-1 = unlabelled)")
+    return y.astype(np.int64).reshape(-1)
 
 
 def _folder_listing(root: Path, index: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
