@@ -24,7 +24,9 @@ thread; a claim and its counterfactual train two models).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import math
 import tempfile
 from pathlib import Path
@@ -36,13 +38,25 @@ LEVELS = {"healthy": 0, "warning": 1, "collapsed": 2}
 SEED = 0
 
 
+QUIET = ("log.progress=false", "log.report=false", "log.tensorboard=false")
+"""A claim's training run writes no progress bar, report or TensorBoard events: verify prints
+the claims; what the runs measured is in each claim's rows."""
+
+
+@contextlib.contextmanager
+def quiet() -> Any:
+    """The training runs' own lines (epochs, alarms, the diagnosis) stay out of verify's output."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
 def train_summary(
     method: str, overrides: list[str], config_file: str | Path | None = None
 ) -> dict[str, Any]:
     """Train ``method`` on digits (one thread, fixed seed, temporary folder); return summary.json."""
     import collapselab
 
-    with tempfile.TemporaryDirectory(prefix="collapselab-verify-") as out:
+    with tempfile.TemporaryDirectory(prefix="collapselab-verify-") as out, quiet():
         run = collapselab.train(
             method,
             "digits",
@@ -52,6 +66,7 @@ def train_summary(
                 f"train.seed={SEED}",
                 "train.device=cpu",
                 f"run.out_dir={out}",
+                *QUIET,
                 *overrides,
             ],
         )
@@ -240,11 +255,11 @@ def band_run(predictor: str, overrides: tuple[str, ...]) -> dict[str, Any]:
     import collapselab
     from collapselab.runs import RunFolder
 
-    with tempfile.TemporaryDirectory(prefix="collapselab-verify-") as out:
+    with tempfile.TemporaryDirectory(prefix="collapselab-verify-") as out, quiet():
         run = collapselab.train(
             "composite", "digits", config=_composite_config("e_band"),
             overrides=["train.threads=1", f"train.seed={SEED}", "train.device=cpu", f"run.out_dir={out}",
-                       "log.progress=false", f"method.predictor={predictor}", *overrides],
+                       *QUIET, f"method.predictor={predictor}", *overrides],
         )
         summary = dict(run.summary)
         folder = RunFolder(run.dir)
