@@ -337,32 +337,10 @@ class RunFolder:
 
     # ---- history ---------------------------------------------------------------------------
 
-    def history(self) -> list[dict[str, Any]]:
-        """Every row of ``metrics.jsonl`` ([] when the file is absent)."""
-        return read_metrics(self.metrics_path) if self.metrics_path.is_file() else []
-
-    def metrics_problems(self) -> list[str]:
-        """What :meth:`history` (``read_metrics``) skips in ``metrics.jsonl``, one entry per line:
-        ``"line 7 is not JSON"``, ``"line 9 is not a JSON object"``, ``"line 12 has no integer
-        step"`` ([] for a sound or absent file). A report of a damaged run is still useful, but
-        it should say what it left out."""
-        if not self.metrics_path.is_file():
-            return []
-        problems = []
-        text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                problems.append(f"line {number} is not JSON")
-                continue
-            if not isinstance(record, dict):
-                problems.append(f"line {number} is not a JSON object")
-            elif not isinstance(record.get("step"), int):
-                problems.append(f"line {number} has no integer step")
-        return problems
+    def history(self, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every row of ``metrics.jsonl`` ([] when the file is absent); the lines skipped as
+        damaged are listed in ``skipped`` when given (:func:`~collapselab.engine.read_metrics`)."""
+        return read_metrics(self.metrics_path, skipped) if self.metrics_path.is_file() else []
 
     def rows(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.history() if r.get("kind") == kind]
@@ -406,14 +384,14 @@ class RunFolder:
             raise InputError(f"{self.summary_path}: expected a JSON object, found {type(data).__name__}")
         return data
 
-    def summary_problems(self, summary: Mapping[str, Any]) -> list[str]:
+    def summary_problems(self, summary: Mapping[str, Any]) -> dict[str, str]:
         """The sections of a read ``summary`` whose type is wrong (:data:`SUMMARY_SECTION_TYPES`),
-        e.g. ``"'eval' is a str, expected an object"``; [] when every known section is sound."""
-        problems = []
+        section → ``"'eval' is a str, expected an object of scores"``; {} when all are sound."""
+        problems = {}
         for key, (kinds, expected) in SUMMARY_SECTION_TYPES.items():
             value = summary.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
-                problems.append(f"{key!r} is {_a(type(value).__name__)}, expected {expected}")
+                problems[key] = f"{key!r} is {_a(type(value).__name__)}, expected {expected}"
         return problems
 
     def write_summary(self, summary: Mapping[str, Any]) -> dict[str, Any]:

@@ -70,34 +70,40 @@ def _is_numeric(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _parse_lines(text: str) -> list[dict[str, Any]]:
+def _parse_lines(text: str, skipped: list[str] | None = None) -> list[dict[str, Any]]:
     """Parse JSONL text; lines that are not a JSON object with an integer ``step`` (a partial
-    line written during a crash) are skipped."""
+    line written during a crash) are skipped, and said in ``skipped`` when given (``"line 7 is
+    not JSON"``, ``"line 9 is not a JSON object"``, ``"line 12 has no integer step"``)."""
     records = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(record)
+            problem = "is not JSON"
+        else:
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+                continue
+            problem = "is not a JSON object" if not isinstance(record, dict) else "has no integer step"
+        if skipped is not None:
+            skipped.append(f"line {number} {problem}")
     return records
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+def read_metrics(path: str | Path, skipped: list[str] | None = None) -> list[dict[str, Any]]:
     """Read a ``metrics.jsonl`` file (or a run folder holding one) into a list of dicts.
 
-    The strings ``"nan"``, ``"inf"`` and ``"-inf"`` become floats again; a corrupt trailing line
-    (a crash mid-write) is skipped.
+    The strings ``"nan"``, ``"inf"`` and ``"-inf"`` become floats again; a corrupt line (say, a
+    trailing one from a crash mid-write) is skipped, and listed in ``skipped`` when given.
     """
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_FILE
     if not path.is_file():
         raise InputError(f"no metrics file at {path}; pass a run folder or its {METRICS_FILE}")
-    records = _parse_lines(path.read_text(encoding="utf-8"))
+    records = _parse_lines(path.read_text(encoding="utf-8"), skipped)
     for record in records:
         for key, value in record.items():
             if isinstance(value, str) and value in _NONFINITE and key != "kind":

@@ -22,7 +22,6 @@ from collapselab.runs import (
     METRICS_FILE,
     SPECTRA_FILE,
     SUMMARY_FILE,
-    SUMMARY_SECTION_TYPES,
     RunFolder,
     open_runs,
 )
@@ -125,12 +124,12 @@ def load_run(run: RunLike | RunData) -> RunData:
     data.summary = _attempt(data, SUMMARY_FILE, folder.summary, present=folder.summary_path.is_file()) or {}
     bad_sections = folder.summary_problems(data.summary)
     if bad_sections:  # left out, so every reader sees a sound summary
-        for key in SUMMARY_SECTION_TYPES:
-            if any(problem.startswith(f"{key!r} ") for problem in bad_sections):
-                data.summary.pop(key, None)
-        _damage(data, SUMMARY_FILE, "; ".join(bad_sections) + "; ignored")
-    history = _attempt(data, METRICS_FILE, folder.history, present=folder.metrics_path.is_file()) or []
-    skipped = _attempt(data, METRICS_FILE, folder.metrics_problems, present=True) or []
+        for key in bad_sections:
+            data.summary.pop(key)
+        _damage(data, SUMMARY_FILE, "; ".join(bad_sections.values()) + "; ignored")
+    skipped: list[str] = []
+    history = _attempt(data, METRICS_FILE, lambda: folder.history(skipped),
+                       present=folder.metrics_path.is_file()) or []
     if skipped:
         more = f", and {len(skipped) - 1} more damaged line{'s' if len(skipped) > 2 else ''}" if len(skipped) > 1 else ""
         _damage(data, METRICS_FILE, f"{skipped[0]}; skipped{more}")
