@@ -683,19 +683,10 @@ def check_buildable(config: Config) -> None:
     ``collapselab train --print-config`` refuses what a run would, with the same errors."""
     from collapselab.data import build_augment
     from collapselab.data.datasets import _spec
-    from collapselab.models.backbones import available_backbones
+    from collapselab.models.backbones import check_backbone_name
 
     _spec(config.data.dataset)
-    name = config.model.backbone
-    if ":" in name:
-        prefix, _, model_name = name.partition(":")
-        if prefix not in ("torchvision", "timm") or not model_name:
-            raise InputError(f"build_backbone: unknown adapter {name!r}; use 'torchvision:NAME' or 'timm:NAME'")
-    elif name not in available_backbones():
-        near = difflib.get_close_matches(name, available_backbones(), n=1, cutoff=0.5)
-        hint = f"did you mean {near[0]!r}? " if near else ""
-        raise InputError(f"build_backbone: unknown backbone {name!r}; {hint}available: "
-                         f"{', '.join(available_backbones())} (or 'torchvision:NAME' / 'timm:NAME')")
+    check_backbone_name(config.model.backbone)
     recipe: Any = config.data.augment
     augment = dict(recipe) if isinstance(recipe, Mapping) else {"recipe": recipe}
     if augment.get("recipe") is None and augment.get("name") is None:

@@ -438,14 +438,10 @@ def backbone_arguments(name: str) -> set[str]:
     return set(inspect.signature(factory).parameters) if factory is not None else set()
 
 
-def build_backbone(name: str, **kwargs: object) -> nn.Module:
-    """Build a backbone by name: a registered one (``"resnet18"``, ``"small_cnn"``, ...) or an
-    adapter (``"torchvision:resnet18"``, ``"timm:vit_small_patch16_224"``).
-
-    ``kwargs`` go to the factory (e.g. ``in_channels=1, stem="cifar", width=0.25``).
-    Raises :class:`InputError` for an unknown name (with the nearest names), an unknown keyword
-    (with the accepted ones), or a missing optional package (with the pip command).
-    """
+def check_backbone_name(name: object) -> None:
+    """Raise :class:`InputError` unless ``name`` is a registered backbone or an adapter spelling
+    (``"torchvision:NAME"``, ``"timm:NAME"``); an unknown name gets the nearest registered one.
+    The adapter's model name is checked when it is built."""
     if not isinstance(name, str):
         raise InputError(f"build_backbone: name must be a string, got {type(name).__name__}")
     if ":" in name:
@@ -454,15 +450,28 @@ def build_backbone(name: str, **kwargs: object) -> nn.Module:
             raise InputError(
                 f"build_backbone: unknown adapter {name!r}; use 'torchvision:NAME' or 'timm:NAME'"
             )
-        return _ADAPTERS[prefix](model_name, **kwargs)
-    factory = _REGISTRY.get(name)
-    if factory is None:
+    elif name not in _REGISTRY:
         near = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.5)
         hint = f"did you mean {near[0]!r}? " if near else ""
         raise InputError(
             f"build_backbone: unknown backbone {name!r}; {hint}available: "
             f"{', '.join(available_backbones())} (or 'torchvision:NAME' / 'timm:NAME')"
         )
+
+
+def build_backbone(name: str, **kwargs: object) -> nn.Module:
+    """Build a backbone by name: a registered one (``"resnet18"``, ``"small_cnn"``, ...) or an
+    adapter (``"torchvision:resnet18"``, ``"timm:vit_small_patch16_224"``).
+
+    ``kwargs`` go to the factory (e.g. ``in_channels=1, stem="cifar", width=0.25``).
+    Raises :class:`InputError` for an unknown name (with the nearest names), an unknown keyword
+    (with the accepted ones), or a missing optional package (with the pip command).
+    """
+    check_backbone_name(name)
+    if ":" in name:
+        prefix, _, model_name = name.partition(":")
+        return _ADAPTERS[prefix](model_name, **kwargs)
+    factory = _REGISTRY[name]
     params = inspect.signature(factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))
@@ -493,6 +502,7 @@ __all__ = [
     "available_backbones",
     "backbone_arguments",
     "build_backbone",
+    "check_backbone_name",
     "register_backbone",
     "resnet18",
     "resnet34",
