@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -40,12 +41,13 @@ class InputError(ValueError):
     """Raised when an input has the wrong shape, type or values; the message says how to fix it."""
 
 
-def check_number(value: Any, key: str, positive: bool = False) -> float:
-    """``value`` as a float if it is a finite number >= 0 (> 0 with ``positive``); else an
-    :class:`InputError` naming ``key`` (e.g. ``optim.lr``, ``method.temperature``)."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
+def check_number(value: Any, key: str, positive: bool = False, what: str = "") -> float:
+    """``value`` as a float if it is a finite real number >= 0 (> 0 with ``positive``); else an
+    :class:`InputError` naming ``key`` (e.g. ``optim.lr``, ``method.temperature``) and, after it,
+    ``what`` (e.g. ``" (kNN vote temperature)"``)."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
     if not number or not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise InputError(f"{key} must be {'> 0' if positive else '>= 0'} and finite, got {value!r}")
+        raise InputError(f"{key} must be {'> 0' if positive else '>= 0'} and finite{what}, got {value!r}")
     return float(value)
 
 

@@ -138,13 +138,18 @@ def categorical_codes(labels: Sequence[ArrayLike], names: Sequence[str]) -> list
     return [codes[start:stop] for start, stop in itertools.pairwise(bounds)]
 
 
+def _whole(value: object) -> bool:
+    """An integer, or a float with a whole value (``5.0``); not a bool."""
+    return not isinstance(value, bool) and (
+        isinstance(value, numbers.Integral)
+        or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
+    )
+
+
 def check_count(value: object, name: str, minimum: int = 1, what: str = "") -> int:
     """``value`` as an int if it is a whole number >= ``minimum``; else an :class:`InputError`
     (``what`` describes the setting in the message, e.g. " (k-means restarts)")."""
-    whole = isinstance(value, numbers.Integral) or (
-        isinstance(value, float) and math.isfinite(value) and value.is_integer()
-    )
-    if isinstance(value, bool) or not whole or value < minimum:
+    if not _whole(value) or value < minimum:
         cond = "a positive whole number" if minimum == 1 else f"a whole number >= {minimum}"
         raise InputError(f"{name} must be {cond}{what}, got {value!r}")
     return int(value)
@@ -156,10 +161,7 @@ MAX_SEED = 2**32 - 1  # scikit-learn's k-means takes seeds in [0, 2**32 - 1]
 def check_seed(value: object, name: str = "seed", kmeans: bool = True) -> int:
     """A whole-number seed: in [0, 2**32 − 1] when it seeds scikit-learn's k-means (``kmeans``),
     else any value torch takes (negative seeds seed torch generators as before)."""
-    whole = isinstance(value, numbers.Integral) or (
-        isinstance(value, float) and math.isfinite(value) and value.is_integer()
-    )
-    if isinstance(value, bool) or not whole:
+    if not _whole(value):
         raise InputError(f"{name} must be a whole number, got {value!r}")
     seed = int(value)
     if kmeans and not 0 <= seed <= MAX_SEED:
@@ -169,16 +171,6 @@ def check_seed(value: object, name: str = "seed", kmeans: bool = True) -> int:
     if not -(2**63) <= seed < 2**63:
         raise InputError(f"{name} must be a whole number in [-2**63, 2**63), got {value!r}")
     return seed
-
-
-def check_real(value: object, name: str, positive: bool = False, what: str = "") -> float:
-    """``value`` as a float if it is a finite number >= 0 (> 0 with ``positive``)."""
-    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise InputError(
-            f"{name} must be {'> 0' if positive else '>= 0'} and finite{what}, got {value!r}"
-        )
-    return float(value)
 
 
 def check_l2(value: object) -> float | list[float]:

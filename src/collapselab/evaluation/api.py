@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from collapselab._device import resolve_device
-from collapselab._validation import ArrayLike, InputError
+from collapselab._validation import ArrayLike, InputError, check_number
 from collapselab.engine.checkpoint import CheckpointError, load_checkpoint
-from collapselab.evaluation._inputs import check_count, check_l2, check_real, check_seed
+from collapselab.evaluation._inputs import check_count, check_l2, check_seed
 from collapselab.evaluation.clustering import DEFAULT_N_INIT, code_clustering, kmeans_clustering
 from collapselab.evaluation.features import (
     DEFAULT_BATCH_SIZE,
@@ -325,7 +325,7 @@ def evaluate(
     if k is not None:
         k = check_count(k, "k", what=" of neighbours")
     if temperature is not None:
-        temperature = check_real(temperature, "temperature", positive=True, what=" (kNN vote temperature)")
+        temperature = check_number(temperature, "temperature", positive=True, what=" (kNN vote temperature)")
     l2 = check_l2(l2)
     n_init = check_count(n_init, "n_init", what=" (k-means restarts)")
     protocols = _check_names(protocols, PROTOCOLS, "protocol")
@@ -347,13 +347,8 @@ def evaluate(
         k = k if k is not None else source.knn_k
         temperature = temperature if temperature is not None else source.knn_temperature
         source = source.model
-    k = check_count(DEFAULT_K if k is None else k, "k", what=" of neighbours")
-    temperature = check_real(
-        DEFAULT_TEMPERATURE if temperature is None else temperature,
-        "temperature",
-        positive=True,
-        what=" (kNN vote temperature)",
-    )
+    k = DEFAULT_K if k is None else int(k)  # checked above, or the run's own (validated) config
+    temperature = DEFAULT_TEMPERATURE if temperature is None else float(temperature)
     baselines = _check_names(baselines, BASELINES, "baseline")
     data = _load_dataset(dataset, data_dir, download) if dataset is not None else None
 

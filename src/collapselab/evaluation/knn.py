@@ -22,12 +22,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from collapselab._validation import ArrayLike, InputError
+from collapselab._validation import ArrayLike, InputError, check_number
 from collapselab.evaluation._inputs import (
     check_count,
     check_features,
     check_labels,
-    check_real,
     check_split_pair,
     resolve_device,
 )
@@ -73,7 +72,7 @@ def knn_scores(
     if int(ytr.min()) < 0:
         raise InputError(f"train_labels must be in 0..C-1, got minimum {int(ytr.min())}")
     k = check_count(k, "k", what=" of neighbours")
-    temperature = check_real(temperature, "temperature", positive=True, what=" (kNN vote temperature)")
+    temperature = check_number(temperature, "temperature", positive=True, what=" (kNN vote temperature)")
     n_classes = int(ytr.max()) + 1 if n_classes is None else int(n_classes)
     if int(ytr.max()) >= n_classes:
         raise InputError(
