@@ -23,6 +23,7 @@ from collapselab.diagnostics.verdict import (
     MODES,
     NOT_APPLICABLE,
     Diagnosis,
+    check_pairwise_samples,
     diagnose,
     judge,
     worst_level,
@@ -162,10 +163,7 @@ class CollapseMonitor:
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
             raise InputError(f"CollapseMonitor: every must be an integer >= 1, got {every!r}")
-        if (isinstance(max_pairwise_samples, bool) or not isinstance(max_pairwise_samples, (int, np.integer))
-                or max_pairwise_samples < 2):
-            raise InputError(f"CollapseMonitor: max_pairwise_samples must be an integer >= 2, "
-                             f"got {max_pairwise_samples!r}")
+        check_pairwise_samples(max_pairwise_samples, "CollapseMonitor: max_pairwise_samples")
         if trend_window < 2 or not 0.0 < trend_drop < 1.0:
             raise InputError("CollapseMonitor: need trend_window >= 2 and 0 < trend_drop < 1")
         self.every = every

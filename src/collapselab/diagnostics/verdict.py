@@ -440,6 +440,13 @@ def check_reference_metrics(reference: Mapping[Any, Any]) -> dict[str, float]:
     return out
 
 
+def check_pairwise_samples(value: Any, where: str) -> None:
+    """The uniformity subsample size: an integer >= 2, else an :class:`InputError` that starts
+    with ``where``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+        raise InputError(f"{where} must be an integer >= 2 (uniformity needs pairs of rows), got {value!r}")
+
+
 def _as_reference(
     reference: Diagnosis | Mapping[str, float] | ArrayLike | None, dim: int, max_pairwise_samples: int, seed: int
 ) -> Diagnosis | Mapping[str, float] | None:
@@ -494,10 +501,7 @@ def diagnose(
         max_pairwise_samples: rows (seeded subsample) used for the O(N²) uniformity; >= 2.
         seed: seed of that subsample.
     """
-    if (isinstance(max_pairwise_samples, bool) or not isinstance(max_pairwise_samples, (int, np.integer))
-            or max_pairwise_samples < 2):
-        raise InputError(f"max_pairwise_samples: must be an integer >= 2 (uniformity needs pairs of rows), "
-                         f"got {max_pairwise_samples!r}")
+    check_pairwise_samples(max_pairwise_samples, "max_pairwise_samples:")
     if isinstance(z, (str, os.PathLike)):
         from collapselab.diagnostics.io import load_array
 
