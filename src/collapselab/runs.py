@@ -32,7 +32,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -394,15 +394,17 @@ class RunFolder:
                 problems[key] = f"{key!r} is {_a(type(value).__name__)}, expected {expected}"
         return problems
 
-    def write_summary(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+    def write_summary(self, summary: Mapping[str, Any], drop: Iterable[str] = ()) -> dict[str, Any]:
         """Replace the keys ``summary`` sets and keep the others: keys only another command
         recorded survive, and the sections in ``MERGED_SECTIONS`` (``eval``) are merged key by
         key (the new value wins) when both are of the same training ``step`` (or either has
         none). Scores of an earlier step are not shown beside newer ones: the old section moves
         whole to ``<section>_earlier[str(step)]`` and the new one replaces it, so a resumed run
-        never reports a probe of its old weights as current, and nothing is dropped. Atomic.
-        Returns what was written."""
+        never reports a probe of its old weights as current, and nothing is dropped unless named
+        in ``drop`` (keys removed in the same write). Atomic. Returns what was written."""
         merged = self.summary() if self.summary_path.is_file() else {}
+        for key in drop:
+            merged.pop(key, None)
         for key, value in summary.items():
             old = merged.get(key)
             if key in MERGED_SECTIONS and isinstance(old, dict) and isinstance(value, Mapping):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import signal
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 from collapselab import distributed
 from collapselab._device import resolve_device as _resolve_device
-from collapselab._validation import InputError, plain_values, value_checks
+from collapselab._validation import InputError, value_checks
 from collapselab.config import (
     Config,
     check_same_run,
@@ -1120,23 +1119,23 @@ class Trainer:
             summary["error"] = error
         if self.main:  # keeps what other commands recorded (collapselab eval's scores)
             folder = RunFolder(self.run_dir)
-            self._drop_stale_ending(folder, summary)
-            summary = folder.write_summary(summary)
+            summary = folder.write_summary(summary, drop=self._stale_ending(folder, summary))
         return summary
 
-    def _drop_stale_ending(self, folder: RunFolder, summary: dict[str, Any]) -> None:
+    @staticmethod
+    def _stale_ending(folder: RunFolder, summary: dict[str, Any]) -> list[str]:
         """An earlier try's ``error`` / ``stop_reason`` (a resumed run that failed or was stopped
         before) must not survive in a summary that does not set them (the merge keeps keys it
-        is not given): they move to ``earlier_ends`` (status, steps and the reason of each)."""
+        is not given): they move to ``summary["earlier_ends"]`` (status, steps and the reason of
+        each); returns the keys for :meth:`RunFolder.write_summary` to drop."""
         previous = folder.summary()
         stale = [k for k in ("error", "stop_reason") if k in previous and k not in summary]
-        if not stale:
-            return
-        earlier = [*(previous.get("earlier_ends") or []),
-                   {"status": previous.get("status"), "steps": previous.get("steps"), **{k: previous[k] for k in stale}}]
-        summary["earlier_ends"] = earlier
-        kept = {k: v for k, v in previous.items() if k not in stale}
-        write_atomic(folder.summary_path, json.dumps({**kept, "earlier_ends": earlier}, indent=2) + "\n")
+        if stale:
+            summary["earlier_ends"] = [
+                *(previous.get("earlier_ends") or []),
+                {"status": previous.get("status"), "steps": previous.get("steps"), **{k: previous[k] for k in stale}},
+            ]
+        return stale
 
 
 # --------------------------------------------------------------------------- entry point
@@ -1271,7 +1270,6 @@ def train(
     ``run.out_dir/run.name``.
     """
     overrides = [overrides] if isinstance(overrides, str) else list(overrides)
-    kwargs = plain_values(kwargs)
     # train(method="byol", dataset="digits") names them; method={...} is the method section
     if isinstance(kwargs.get("method"), str):
         method = kwargs.pop("method")
