@@ -521,15 +521,20 @@ def _to_nchw_uint8(x: np.ndarray, where: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _read_npz(root: Path, split: str) -> ImageDataset:
+def _npz_split_path(root: Path, split: str) -> Path | None:
+    """The file of ``split``: ``root/<split>.npz`` for a folder; a single file serves ``train``
+    (or the split it is named after), else None."""
     if root.is_dir():
-        path = root / f"{split}.npz"
-    else:
-        path = root
-        if split != "train" and path.stem != split:
-            raise InputError(
-                f"npz: {path} holds a single split, used as 'train'; for split {split!r} put "
-                f"{split}.npz beside train.npz in a folder and pass that folder as data_dir")
+        return root / f"{split}.npz"
+    return root if split == "train" or root.stem == split else None
+
+
+def _read_npz(root: Path, split: str) -> ImageDataset:
+    path = _npz_split_path(root, split)
+    if path is None:
+        raise InputError(
+            f"npz: {root} holds a single split, used as 'train'; for split {split!r} put "
+            f"{split}.npz beside train.npz in a folder and pass that folder as data_dir")
     if not path.exists():
         raise FileNotFoundError(f"npz: no file {path}; pass data_dir=<file.npz> or a folder holding "
                                 f"{split}.npz (arrays 'x' and optionally 'y', 'classes')")
@@ -628,13 +633,12 @@ def missing_split_hint(name: str, split: str, data_dir: str | Path | None) -> st
         return None
     root = Path(data_dir).expanduser()
     if name == "npz":
-        if root.is_dir():
-            return None if (root / f"{split}.npz").exists() else (
-                f"add {root / f'{split}.npz'} (arrays x, y) beside train.npz")
-        if split == "train" or root.stem == split:
-            return None
-        return (f"{root} is a single file (the train split); put it in a folder as train.npz with a "
-                f"{split}.npz beside it and pass that folder as data.data_dir")
+        path = _npz_split_path(root, split)
+        if path is None:
+            return (f"{root} is a single file (the train split); put it in a folder as train.npz with a "
+                    f"{split}.npz beside it and pass that folder as data.data_dir")
+        return None if path.exists() or not root.is_dir() else (
+            f"add {path} (arrays x, y) beside train.npz")
     if name == "imagefolder":
         if not root.is_dir() or _imagefolder_split(root, split) is not None:
             return None
