@@ -17,7 +17,10 @@ For each method (SimCLR, BYOL), in one process, one run after the other (never a
   0.8, 0.2)), grayscale 0.2, no blur (lightly drops it at CIFAR sizes), normalised. On CUDA it
   uses bf16 autocast and cuDNN autotuning (one line each, so the plain side is not handicapped).
 * **raw pixels** and the **untrained** backbone (the same network, freshly initialised under the
-  same seed) as floors.
+  same seed) as floors. Raw pixels are the images flattened and scaled to ``[0, 1]``, what
+  ``collapselab eval`` reports as ``baseline_pixels`` and what the targets are stated against;
+  the same kNN on per-channel standardised pixels, a stronger floor (the cosine then compares
+  deviations from the mean image), is printed beside them as ``std pixels``.
 
 How it is made fair. Both sides train on the same derived dataset and the same network: the plain
 side builds the backbone that collapselab's resolved config names, with collapselab's own factory
@@ -32,7 +35,8 @@ kNN (Wu et al. 2018, the InstDisc protocol that lightly and solo-learn report; c
 τ = 0.1, :func:`collapselab.evaluation.knn_accuracy`) on the backbone's features
 (:func:`collapselab.evaluation.extract_features`) of un-augmented images normalised with the
 training images' per-channel mean and std; bank = the training images, queries = the validation
-images. Raw pixels: the same kNN on the flattened normalised pixels.
+images. Raw pixels: the same kNN on the flattened pixels in ``[0, 1]``; std pixels: on the
+flattened normalised pixels.
 
 Data. ``--data DIR`` is a folder in the layout ``dataset=npz`` reads: ``train.npz`` and
 ``test.npz``, each with ``x`` (N, H, W, C) uint8, ``y`` and optionally ``classes``. The CIFAR-10
@@ -47,7 +51,8 @@ From it the benchmark writes, once, into a temporary folder: a class-balanced se
 
 Targets (checked and printed): CPU, 2 cores, 120 s, the recipe's small CNN at 16x16, 5,000
 training and 2,000 validation images: collapselab ≥ raw pixels + 12 points and ≥ plain + 5 points,
-for SimCLR and BYOL. GPU (H100/H200 class), 120 s, ResNet-18 at 32x32 on all 45,000 / 5,000
+for SimCLR and BYOL; on any data, on a CPU, collapselab above the untrained network and raw
+pixels. GPU (H100/H200 class), 120 s, ResNet-18 at 32x32 on all 45,000 / 5,000
 images: collapselab ≥ 75 % and ≥ plain + 10 points.
 
 CPU (the default; about 2 × (budget + 20 s) per method and repeat, ~9 minutes at 120 s)::
@@ -265,7 +270,8 @@ class TwoViews(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         from PIL import Image
 
-        image = Image.fromarray(self.images[i])
+        array = self.images[i]
+        image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)  # 1 channel: "L"
         return self.transform(image), self.transform(image)
 
 
@@ -366,10 +372,19 @@ def torchvision_missing() -> str | None:
 # --------------------------------------------------------------------------- report
 
 
-def check_target(device: str, lib: float, raw: float, plain: float | None) -> dict[str, Any]:
-    """The issue's target for ``device`` on one row: each check True/False (None = not run)."""
+def check_target(device: str, lib: float, raw: float, plain: float | None,
+                 untrained: float | None = None, *, full: bool = True) -> dict[str, Any]:
+    """The issue's target for ``device`` on one row: each check True/False (None = not run).
+
+    ``raw`` is the ``[0, 1]``-pixel kNN. On a CPU the row must beat the untrained network and raw
+    pixels on any data (the issue asks it of every small real image set); the margins (``TARGETS``)
+    apply only at the target's settings (``full``)."""
     t = TARGETS["cuda" if device == "cuda" else "cpu"]
     checks: dict[str, bool | None] = {}
+    if device != "cuda" and untrained is not None:
+        checks["> untrained, raw"] = lib > max(untrained, raw)
+    if not full:
+        t = {key: None for key in t}
     if t["min_top1"] is not None:
         checks[f">= {t['min_top1']:g} %"] = lib >= t["min_top1"]
     if t["over_raw"] is not None:
@@ -383,8 +398,8 @@ def check_target(device: str, lib: float, raw: float, plain: float | None) -> di
 
 def format_table(result: dict[str, Any]) -> str:
     header = ["method", "rep", "collapselab kNN (steps, epochs, img/s, s used)",
-              "plain kNN (steps, epochs, img/s, s used)", "raw pixels", "untrained",
-              "lib - raw", "lib - plain", "target met?"]
+              "plain kNN (steps, epochs, img/s, s used)", "raw pixels", "std pixels", "untrained",
+              "lib - raw", "lib - std", "lib - plain", "target met?"]
 
     def cell(side: dict[str, Any]) -> str:
         return (f"{side['knn_top1']:.1f} ({side['steps']}, {side['epochs']:.1f}, "
@@ -397,8 +412,9 @@ def format_table(result: dict[str, Any]) -> str:
         gap = row["lib_minus_plain"]
         met = {True: "yes", False: "no", None: "partial (plain not run)"}[row["target"]["met"]]
         lines.append([row["method"], str(row["repeat"]), lib_cell, plain_cell,
-                      f"{row['raw_pixels']:.1f}", f"{row['untrained']:.1f}",
-                      f"{row['lib_minus_raw']:+.1f}", "—" if gap is None else f"{gap:+.1f}", met])
+                      f"{row['raw_pixels']:.1f}", f"{row['std_pixels']:.1f}",
+                      f"{row['untrained']:.1f}", f"{row['lib_minus_raw']:+.1f}",
+                      f"{row['lib_minus_std']:+.1f}", "—" if gap is None else f"{gap:+.1f}", met])
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
     fmt = " | ".join(f"{{:{w}}}" for w in widths)
     rule = "-+-".join("-" * w for w in widths)
@@ -469,8 +485,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"data: {info['train']['images']} training images (bank), "
               f"{info['test']['images']} queries, {'x'.join(map(str, info['train']['shape']))}; "
               f"device {device}, {threads} torch threads, plain workers {workers}")
-        raw = knn_top1(nn.Flatten(), bank, queries, normalizer, torch.device("cpu"))
-        result["raw_pixels"] = raw
+        cpu = torch.device("cpu")
+        raw = knn_top1(nn.Flatten(), bank, queries, Normalizer(None, None), cpu)  # [0, 1]
+        std_pixels = knn_top1(nn.Flatten(), bank, queries, normalizer, cpu)
+        result["raw_pixels"], result["std_pixels"] = raw, std_pixels
         bank_images = bank.images.permute(0, 2, 3, 1).contiguous().numpy()
         untrained_cache: dict[tuple[str, str, int], float] = {}
         for repeat in range(args.repeats):
@@ -505,26 +523,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     print(f"{method} seed {seed}: plain {plain['knn_top1']:.1f} % kNN, "
                           f"{plain['steps']} steps, {plain['time_used_s']:.0f} s")
                 plain_top1 = plain.get("knn_top1")
+                differ = settings_differ(args, device.type, config.model.backbone)
                 result["rows"].append({
                     "method": method, "repeat": repeat, "seed": seed, "collapselab": lib,
-                    "plain": plain, "raw_pixels": raw, "untrained": untrained,
-                    "lib_minus_raw": lib["knn_top1"] - raw,
+                    "plain": plain, "raw_pixels": raw, "std_pixels": std_pixels,
+                    "untrained": untrained, "lib_minus_raw": lib["knn_top1"] - raw,
+                    "lib_minus_std": lib["knn_top1"] - std_pixels,
                     "lib_minus_plain": None if plain_top1 is None else lib["knn_top1"] - plain_top1,
-                    "target": check_target(device.type, lib["knn_top1"], raw, plain_top1),
-                    "settings_differ_from_target": settings_differ(
-                        args, device.type, config.model.backbone)})
+                    "target": check_target(device.type, lib["knn_top1"], raw, plain_top1,
+                                           untrained, full=not differ),
+                    "settings_differ_from_target": differ})
     print()
     print(f"kNN top-1 in % (cosine, k={KNN_K}, τ={KNN_TEMPERATURE}) after {args.budget:g} s "
           f"of training each, on {device}:")
     print(format_table(result))
     t = TARGETS["cuda" if device.type == "cuda" else "cpu"]
-    print("target (" + ("GPU" if device.type == "cuda" else "CPU") + "): collapselab " + ", ".join(
-        s for s in (f">= {t['min_top1']:g} %" if t["min_top1"] else "",
-                    f">= raw pixels + {t['over_raw']:g} points" if t["over_raw"] else "",
-                    f">= plain + {t['over_plain']:g} points") if s))
+    margins = ", ".join(s for s in (
+        f">= {t['min_top1']:g} %" if t["min_top1"] else "",
+        f">= raw pixels + {t['over_raw']:g} points" if t["over_raw"] else "",
+        f">= plain + {t['over_plain']:g} points") if s)
+    cpu_floor = "" if device.type == "cuda" else "above the untrained network and raw pixels; "
+    print(f"target ({'GPU' if device.type == 'cuda' else 'CPU'}): collapselab {cpu_floor}"
+          f"at the target's settings {margins} (raw pixels: [0, 1], as `collapselab eval`)")
     differ = result["rows"][0]["settings_differ_from_target"] if result["rows"] else []
     if differ:
-        print("note: these settings differ from the target's: " + ", ".join(differ))
+        print("note: these settings differ from the target's, so only the floors are checked: "
+              + ", ".join(differ))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")

@@ -96,3 +96,64 @@ def test_tiny_run_reports_every_number_of_the_table(tmp_path, capsys):
     assert row["target"]["met"] in (True, False, None)
     assert json.loads(out.read_text())["rows"][0]["method"] == "simclr"
 
+
+
+def _naive_weighted_knn(bank: np.ndarray, bank_y: np.ndarray, queries: np.ndarray,
+                        query_y: np.ndarray, k: int, tau: float) -> float:
+    """Wu et al. 2018's weighted vote, one query at a time (the reference for the pixel floor)."""
+    b = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    correct = 0
+    for q, y in zip(queries, query_y, strict=True):
+        sims = b @ (q / np.linalg.norm(q))
+        top = np.argsort(-sims)[:k]
+        votes = np.zeros(10)
+        for i in top:
+            votes[bank_y[i]] += np.exp(sims[i] / tau)
+        correct += int(np.argmax(votes) == y)
+    return 100.0 * correct / len(queries)
+
+
+def test_raw_pixel_floor_is_the_knn_of_pixels_in_0_1_and_std_pixels_is_reported_beside(tmp_path):
+    """The targets are stated against raw pixels scaled to [0, 1] (what `collapselab eval` reports
+    as baseline_pixels); standardised pixels are a separate, reported column."""
+    source, again = tmp_path / "src", tmp_path / "again"
+    source.mkdir()
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 200), ("test", 100)):  # class-dependent brightness: pixels carry signal
+        y = np.arange(n) % 10
+        x = rng.integers(0, 128, (n, 16, 16, 3)) + (y * 12)[:, None, None, None]
+        np.savez(source / f"{split}.npz", x=x.astype(np.uint8), y=y)
+    result = quality_budget.main([
+        "--data", str(source), "--budget", "2", "--train-images", "100", "--queries", "50",
+        "--size", "16", "--methods", "simclr", "--backbone", "small_cnn",
+        "--backbone-args", '{"width": 4}', "--set", "data.batch_size=32", "--skip-plain"])
+    quality_budget.prepare_data(source, again, train_images=100, queries=50, size=16, seed=0)
+    with np.load(again / "train.npz") as tr, np.load(again / "test.npz") as te:
+        bank = tr["x"].reshape(100, -1) / 255.0
+        queries = te["x"].reshape(50, -1) / 255.0
+        want = _naive_weighted_knn(bank, tr["y"], queries, te["y"], k=100, tau=0.1)
+    (row,) = result["rows"]
+    assert row["raw_pixels"] == pytest.approx(want)
+    assert row["std_pixels"] != pytest.approx(want)  # centring changes the cosine's neighbours
+    assert row["lib_minus_std"] == pytest.approx(row["collapselab"]["knn_top1"] - row["std_pixels"])
+
+
+def test_check_target_applies_margins_only_at_the_target_settings():
+    full = quality_budget.check_target("cpu", 40.0, 27.0, 34.0, 30.0)
+    assert full["checks"] == {"> untrained, raw": True, "raw + 12": True, "plain + 5": True}
+    assert full["met"] is True
+    assert quality_budget.check_target("cpu", 38.0, 27.0, 34.0, 30.0)["met"] is False  # +11
+    assert quality_budget.check_target("cpu", 40.0, 27.0, 36.0, 30.0)["met"] is False  # plain + 4
+    floors = quality_budget.check_target("cpu", 89.6, 90.8, None, 50.4, full=False)
+    assert floors == {"checks": {"> untrained, raw": False}, "met": False}
+    assert quality_budget.check_target("cpu", 92.0, 90.8, None, 50.4, full=False)["met"] is True
+    gpu = quality_budget.check_target("cuda", 76.0, 30.0, 65.0, 34.0)
+    assert gpu["checks"] == {">= 75 %": True, "plain + 10": True} and gpu["met"] is True
+
+
+def test_plain_views_of_one_channel_images_are_grey_pil_images():
+    """(N, H, W, 1) arrays reach the per-image transform as 2-D 'L' images (PIL has no (H, W, 1))."""
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
+    views = quality_budget.TwoViews(images, lambda im: (im.mode, np.asarray(im)))
+    (mode, a), (_, b) = views[1]
+    assert mode == "L" and np.array_equal(a, images[1, ..., 0]) and np.array_equal(a, b)

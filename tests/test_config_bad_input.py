@@ -5,6 +5,7 @@ string and an in-memory config mapping are accepted."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +201,16 @@ def test_print_config_refuses_an_unknown_dataset_in_a_config_file(
 def test_augment_views_and_one_sided_stats_are_errors(capsys: pytest.CaptureFixture[str], augment: str,
                                                      expected: str) -> None:
     assert expected in usage_error(["byol", "digits", f"data.augment={augment}", "--print-config"], capsys)
+
+
+@pytest.mark.parametrize("saved, key", [
+    ({"optim": {"lr": [1, 2]}}, "optim.lr"),
+    ({"train": {"epochs": "abc"}}, "train.epochs"),
+    ({"model": {"backbone_args": [1]}}, "model.backbone_args"),
+])
+def test_a_saved_config_with_a_bad_value_or_container_is_one_input_error(saved, key):
+    """config_from_dict (config.yaml, checkpoints) names the key, as load_config does."""
+    from collapselab.config import config_from_dict
+
+    with pytest.raises(InputError, match=re.escape(repr(key))):
+        config_from_dict(saved)

@@ -662,7 +662,13 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     method_name = str((data.get("method") or {}).get("name", DEFAULT_METHOD))
     schema = Config(method=method_class(method_name).config_class())
     check_keys(data, schema, "the saved config")
-    merged = OmegaConf.merge(OmegaConf.structured(schema), dict(data))
+    structured: DictConfig = OmegaConf.structured(schema)
+    check_containers(structured, data, "the saved config")
+    try:
+        merged = OmegaConf.merge(structured, dict(data))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise InputError(f"bad value for config key {key!r} in the saved config: {str(err).splitlines()[0]}") from err
     config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(config)
     return config

@@ -194,6 +194,27 @@ def test_npz_accepts_nhwc_uint8_and_a_folder_of_splits(tmp_path):
     assert test.images.shape == (2, 1, 7, 7) and test.labels.tolist() == [-1, -1]
 
 
+@pytest.mark.parametrize("shape, want", [
+    ((5, 4, 4, 3), (5, 3, 4, 4)),   # 4x4 RGB as (N, H, W, C): not 4 channels of 4x3
+    ((5, 1, 1, 3), (5, 3, 1, 1)),   # 1x1 RGB: not one channel of 1x3
+    ((5, 3, 4, 4), (5, 3, 4, 4)),   # 4x4 RGB as (N, C, H, W)
+    ((5, 1, 1, 1), (5, 1, 1, 1)),
+])
+def test_npz_with_two_possible_channel_axes_reads_the_square_images(tmp_path, shape, want):
+    x = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    np.savez(tmp_path / "train.npz", x=x)
+    images = get_dataset("npz", "train", data_dir=tmp_path).images.numpy()
+    nhwc = shape[-1] in (1, 3, 4) and want[1] == shape[-1] and shape[1:] != (1, 1, 1)
+    assert np.array_equal(images, x.transpose(0, 3, 1, 2) if nhwc else x)
+    assert images.shape == want
+
+
+def test_npz_that_reads_as_square_images_both_ways_is_a_clear_error(tmp_path):
+    np.savez(tmp_path / "train.npz", x=np.zeros((2, 3, 3, 3), dtype=np.uint8))
+    with pytest.raises(InputError, match=r"channel axis of shape \(2, 3, 3, 3\)"):
+        get_dataset("npz", "train", data_dir=tmp_path)
+
+
 def test_npz_with_wrong_dtype_or_missing_file_is_a_clear_error(tmp_path):
     np.savez(tmp_path / "bad.npz", x=np.full((2, 4, 4), 300, dtype=np.int64))
     with pytest.raises(InputError, match="uint8"):

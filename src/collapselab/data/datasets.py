@@ -513,9 +513,17 @@ def _to_nchw_uint8(x: np.ndarray, where: str) -> np.ndarray:
         return x[:, None]
     if x.ndim != 4:
         raise InputError(f"{where}: images must have shape (N, H, W), (N, H, W, C) or (N, C, H, W), got {x.shape}")
-    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+    last, second = x.shape[-1] in (1, 3, 4), x.shape[1] in (1, 3, 4)
+    if last and second and x.shape[1:] != (1, 1, 1):
+        # both axes could hold the channels, e.g. (N, 4, 4, 3): take the reading with square images
+        hwc_square, chw_square = x.shape[1] == x.shape[2], x.shape[2] == x.shape[3]
+        if hwc_square == chw_square:
+            raise InputError(f"{where}: cannot tell the channel axis of shape {x.shape}: it reads as "
+                             "(N, H, W, C) and as (N, C, H, W) with images of the same squareness")
+        second = chw_square
+    if last and not second:
         x = x.transpose(0, 3, 1, 2)
-    elif x.shape[1] not in (1, 3, 4):
+    elif not second:
         raise InputError(f"{where}: cannot tell the channel axis of shape {x.shape}; use (N, H, W, C) "
                          "or (N, C, H, W) with 1, 3 or 4 channels")
     return np.ascontiguousarray(x)
