@@ -392,6 +392,8 @@ def check_target(device: str, lib: float, raw: float, plain: float | None,
     if t["over_plain"] is not None:
         checks[f"plain + {t['over_plain']:g}"] = None if plain is None else lib - plain >= t["over_plain"]
     done = [v for v in checks.values() if v is not None]
+    if not checks:  # nothing applies (a GPU run away from the target's settings)
+        return {"checks": checks, "met": None}
     met = all(done) if None not in checks.values() else (False if not all(done) else None)
     return {"checks": checks, "met": met}
 
@@ -410,7 +412,8 @@ def format_table(result: dict[str, Any]) -> str:
         lib, plain = row["collapselab"], row["plain"]
         lib_cell, plain_cell = cell(lib), "—" if plain.get("skipped") else cell(plain)
         gap = row["lib_minus_plain"]
-        met = {True: "yes", False: "no", None: "partial (plain not run)"}[row["target"]["met"]]
+        met = {True: "yes", False: "no", None: "partial (plain not run)" if row["target"]["checks"]
+               else "— (no target at these settings)"}[row["target"]["met"]]
         lines.append([row["method"], str(row["repeat"]), lib_cell, plain_cell,
                       f"{row['raw_pixels']:.1f}", f"{row['std_pixels']:.1f}",
                       f"{row['untrained']:.1f}", f"{row['lib_minus_raw']:+.1f}",
@@ -547,8 +550,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"at the target's settings {margins} (raw pixels: [0, 1], as `collapselab eval`)")
     differ = result["rows"][0]["settings_differ_from_target"] if result["rows"] else []
     if differ:
-        print("note: these settings differ from the target's, so only the floors are checked: "
-              + ", ".join(differ))
+        what = "nothing is checked" if device.type == "cuda" else "only the floors are checked"
+        print(f"note: these settings differ from the target's, so {what}: " + ", ".join(differ))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")

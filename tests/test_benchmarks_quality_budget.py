@@ -149,6 +149,7 @@ def test_check_target_applies_margins_only_at_the_target_settings():
     assert quality_budget.check_target("cpu", 92.0, 90.8, None, 50.4, full=False)["met"] is True
     gpu = quality_budget.check_target("cuda", 76.0, 30.0, 65.0, 34.0)
     assert gpu["checks"] == {">= 75 %": True, "plain + 10": True} and gpu["met"] is True
+    assert quality_budget.check_target("cuda", 76.0, 30.0, 65.0, 34.0, full=False)["met"] is None
 
 
 def test_plain_views_of_one_channel_images_are_grey_pil_images():
