@@ -97,7 +97,6 @@ def test_tiny_run_reports_every_number_of_the_table(tmp_path, capsys):
     assert json.loads(out.read_text())["rows"][0]["method"] == "simclr"
 
 
-
 def _naive_weighted_knn(bank: np.ndarray, bank_y: np.ndarray, queries: np.ndarray,
                         query_y: np.ndarray, k: int, tau: float) -> float:
     """Wu et al. 2018's weighted vote, one query at a time (the reference for the pixel floor)."""

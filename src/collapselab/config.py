@@ -591,13 +591,7 @@ def load_config(
     merged: DictConfig = OmegaConf.structured(schema)
     layers = backbone_args_follow_backbone(layers)
     for where, layer in layers:
-        check_keys(layer, schema, where)
-        check_containers(merged, layer, where)
-        try:
-            merged = OmegaConf.merge(merged, layer)  # type: ignore[assignment]
-        except OmegaConfBaseException as err:
-            key = getattr(err, "full_key", None) or "?"
-            raise InputError(f"bad value for config key {key!r} in {where}: {str(err).splitlines()[0]}") from err
+        merged = merge_layer(merged, layer, schema, where)
     merged.method.name = method_name
     merged.data.dataset = dataset_name
     if recipe_name is not None:
@@ -657,18 +651,23 @@ def backbone_args_follow_backbone(
     return out
 
 
+def merge_layer(merged: DictConfig, layer: Mapping[str, Any], schema: Config, where: str) -> DictConfig:
+    """``layer`` merged onto ``merged`` after its keys and container types are checked; a value
+    OmegaConf cannot convert is an :class:`InputError` naming the key and ``where``."""
+    check_keys(layer, schema, where)
+    check_containers(merged, layer, where)
+    try:
+        return OmegaConf.merge(merged, layer)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise InputError(f"bad value for config key {key!r} in {where}: {str(err).splitlines()[0]}") from err
+
+
 def config_from_dict(data: Mapping[str, Any]) -> Config:
     """Rebuild a :class:`Config` saved with :func:`to_dict` / ``config.yaml`` (no recipe layer)."""
     method_name = str((data.get("method") or {}).get("name", DEFAULT_METHOD))
     schema = Config(method=method_class(method_name).config_class())
-    check_keys(data, schema, "the saved config")
-    structured: DictConfig = OmegaConf.structured(schema)
-    check_containers(structured, data, "the saved config")
-    try:
-        merged = OmegaConf.merge(structured, dict(data))
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        raise InputError(f"bad value for config key {key!r} in the saved config: {str(err).splitlines()[0]}") from err
+    merged = merge_layer(OmegaConf.structured(schema), dict(data), schema, "the saved config")
     config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(config)
     return config
