@@ -255,15 +255,39 @@ def test_a_step_reads_no_tensor_value_on_the_host(monkeypatch: pytest.MonkeyPatc
 # --------------------------------------------------------------------------- interface
 
 
-def test_embed_gives_the_online_features_and_the_layer_normalised_target_mean() -> None:
-    method = make()
+def _moved_online(method):
+    """The method with its online encoder moved away from the target (a copy at build time)."""
+    with torch.no_grad():
+        for p in method.backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return method
+
+
+def test_repr_is_the_target_encoders_mean_token_as_the_paper_evaluates() -> None:
+    """App. A.1 of the paper: "We use the target-encoder for evaluation and average pool its
+    output". ``repr`` (embed and the live forward) is the target ViT's mean token of the full
+    image, not the online encoder's; ``emb`` is the mean of its layer-normalised tokens."""
+    method = _moved_online(make())
     x = images()
     with torch.no_grad():
+        target_tokens = method.target.net[0](x, return_tokens=True)
         out = method.embed(x)
-        torch.testing.assert_close(out["repr"], method.backbone(x))
-        target = layer_norm_loop(method.target.net[0](x, return_tokens=True)).mean(1)
-        torch.testing.assert_close(out["emb"], target)
+        torch.testing.assert_close(out["repr"], target_tokens.mean(1))
+        torch.testing.assert_close(out["emb"], layer_norm_loop(target_tokens).mean(1))
+        assert not torch.allclose(out["repr"], method.backbone(x), atol=1e-3)
+        torch.testing.assert_close(method([x]).tensors["repr"], target_tokens.mean(1))
+    assert method.eval_backbone is method.target.net[0]
+    assert method.eval_backbone_prefix == "target.net.0."
     assert out["emb"].shape[1] == method.projector.out_dim == 192
+
+
+@pytest.mark.parametrize("overrides", [{"eval_encoder": "context"}, {"ema": "off"}])
+def test_repr_is_the_online_encoder_for_eval_encoder_context_or_without_ema(overrides: dict[str, Any]) -> None:
+    method = _moved_online(make(**overrides))
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(method.embed(x)["repr"], method.backbone(x))
+    assert method.eval_backbone is method.backbone and method.eval_backbone_prefix == "backbone."
 
 
 def test_collapse_loss_is_reached_by_a_constant_target_and_a_constant_predictor() -> None:
@@ -289,6 +313,8 @@ def test_bad_settings_are_one_line_errors_and_the_hint_names_the_ablation() -> N
         make(stop_gradient=False)
     with pytest.raises(InputError, match=r"method\.loss"):
         make(loss="l1")
+    with pytest.raises(InputError, match=r"method\.eval_encoder must be one of target, context"):
+        make(eval_encoder="online")
     with pytest.raises(InputError, match="unknown key"):
         make(masks={"pred_mask_scale": [0.1, 0.2]})
     with pytest.raises(InputError, match="no projector"):
@@ -321,6 +347,18 @@ def test_a_few_digits_steps_are_finite(tmp_path) -> None:
     run = tiny_run(tmp_path, "few", 4)
     losses = [r["loss"] for r in run.history if r["kind"] == "train"]
     assert run.summary["steps"] == 4 and losses and all(math.isfinite(v) for v in losses)
+
+
+def test_the_run_evaluates_and_exports_the_target_encoder(tmp_path) -> None:
+    """After training, the checkpoint's exported backbone (what `collapselab eval` loads) and
+    ``Run.backbone`` hold the EMA target's weights, which differ from the online encoder's."""
+    run = tiny_run(tmp_path, "export", 6, optim={"lr": 1e-3}, method={"ema": 0.5})
+    target, online = run.method.target.net[0].state_dict(), run.method.backbone.state_dict()
+    exported = run.folder.backbone().state_dict()
+    assert run.backbone is run.method.target.net[0]
+    assert any(not torch.equal(target[k], online[k]) for k in target)
+    for key, value in target.items():
+        torch.testing.assert_close(exported[key], value.cpu())
 
 
 def test_without_ema_and_stop_gradient_the_target_collapses_and_with_them_it_does_not(tmp_path) -> None:

@@ -109,7 +109,8 @@ def terminate_as_interrupt() -> Iterator[None]:
 class Run:
     """A finished (or stopped) run: its folder, config, logged history and summary.
 
-    ``method`` is the trained model (backbone at ``method.backbone``).
+    ``method`` is the trained model (backbone at ``method.backbone``); :attr:`backbone` is the
+    encoder the run evaluates (``method.eval_backbone``: I-JEPA's target encoder).
     """
 
     dir: Path
@@ -127,7 +128,7 @@ class Run:
     def backbone(self) -> nn.Module:
         if self.method is None:
             raise InputError("this Run holds no model")
-        return self.method.backbone
+        return self.method.eval_backbone
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -429,7 +430,7 @@ class Trainer:
             "rng": _capture_rng(self.generator),
             "monitor": self.monitor.state_dict(),
             "config": to_dict(self.config),
-            "backbone_prefix": "backbone.",
+            "backbone_prefix": self.method.eval_backbone_prefix,
             "input_shape": list(self.train_set.images.shape[1:]),
             "normalization": {"mean": self.normalizer.mean, "std": self.normalizer.std},
             "augment_backend": self.augment_backend,
@@ -645,8 +646,9 @@ class Trainer:
             labels = labels[self.knn_bank.to(labels.device)]
         batch = 1024 if self.device.type == "cuda" else 512
         with self._eager(), self._autocast():
-            train_feats = extract_features(self.method.backbone, images, transform=self._eval_transform, batch_size=batch)
-            test_feats = extract_features(self.method.backbone, self.eval_set.images, transform=self._eval_transform,
+            encoder = self.method.eval_backbone
+            train_feats = extract_features(encoder, images, transform=self._eval_transform, batch_size=batch)
+            test_feats = extract_features(encoder, self.eval_set.images, transform=self._eval_transform,
                                           batch_size=batch)
         return knn_accuracy(train_feats, labels.cpu(), test_feats, self.eval_set.labels,
                             k=c.eval.knn_k, temperature=c.eval.knn_temperature)
@@ -1068,7 +1070,7 @@ class Trainer:
         if self.eval_set is None:
             return {}
         c = self.config
-        scores = evaluate(self.method.backbone, c.data.dataset, protocols=("knn",), baselines=("pixels", "random"),
+        scores = evaluate(self.method.eval_backbone, c.data.dataset, protocols=("knn",), baselines=("pixels", "random"),
                           k=c.eval.knn_k, temperature=c.eval.knn_temperature, seed=c.train.seed,
                           transform=self.normalizer, data_dir=c.data.data_dir, download=c.data.download)
         return {**scores, "knn_k": c.eval.knn_k, "knn_temperature": c.eval.knn_temperature}

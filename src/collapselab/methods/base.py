@@ -281,6 +281,19 @@ class SSLMethod(nn.Module):
             overrides["out_dim"] = int(c.projector_out_dim)
         return mlp_head_preset(self.projector_preset, in_dim, size=c.projector, **overrides)  # type: ignore[arg-type]
 
+    @property
+    def eval_backbone(self) -> nn.Module:
+        """The encoder whose features are the run's representation — what the kNN, the probes and
+        a checkpoint's exported backbone use: the online ``backbone``, unless the method's source
+        evaluates another network (I-JEPA: the target encoder)."""
+        return self.backbone
+
+    @property
+    def eval_backbone_prefix(self) -> str:
+        """The ``state_dict`` key prefix of :attr:`eval_backbone` (``"backbone."`` by default)."""
+        wanted = self.eval_backbone
+        return next(name for name, module in self.named_modules() if module is wanted) + "."
+
     def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named tensors of one batch: ``repr`` (backbone) and ``emb`` (projector)."""
         representation = self.backbone(x)

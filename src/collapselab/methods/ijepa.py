@@ -25,6 +25,7 @@ from collapselab.methods.base import (
 from collapselab.models.vit import VisionTransformer, ViTPredictor
 
 LOSSES = ("l2", "smooth_l1")
+EVAL_ENCODERS = ("target", "context")
 
 
 @dataclass
@@ -45,7 +46,11 @@ class IJEPAConfig(MethodConfig):
     to their grid). ``mask_seed``: seed of the mask draws (null = ``torch.initial_seed()`` when
     the method is built, which the trainer sets from ``train.seed``). No projector:
     ``projector`` and ``projector_bn`` do nothing here, ``projector_hidden_dim`` /
-    ``projector_out_dim`` are refused.
+    ``projector_out_dim`` are refused. ``eval_encoder``: the encoder whose average-pooled output
+    tokens are the run's representation (``repr``: kNN, probes, the exported backbone) —
+    ``target`` (default; the paper, App. A.1: "We use the target-encoder for evaluation and
+    average pool its output") or ``context`` (the online encoder, as BYOL evaluates its online
+    network); with ``ema: off`` the two are one network.
     """
 
     name: str = "ijepa"
@@ -58,6 +63,7 @@ class IJEPAConfig(MethodConfig):
     loss: str = "l2"
     masks: dict[str, Any] = field(default_factory=dict)
     mask_seed: int | None = None
+    eval_encoder: str = "target"
 
     def validate(self) -> None:
         super().validate()
@@ -70,6 +76,8 @@ class IJEPAConfig(MethodConfig):
                              "receives gradient, so the switch would do nothing")
         if self.ema_final is not None and not 0.0 <= float(self.ema_final) <= 1.0:
             raise InputError(f"method.ema_final must be in [0, 1] or null, got {self.ema_final}")
+        if self.eval_encoder not in EVAL_ENCODERS:
+            raise InputError(f"method.eval_encoder must be one of {', '.join(EVAL_ENCODERS)}, got {self.eval_encoder!r}")
         if self.loss not in LOSSES:
             raise InputError(f"method.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if int(self.predictor_dim) < 4 or int(self.predictor_dim) % 4:
@@ -143,10 +151,12 @@ class IJEPA(SSLMethod):
     count) and copied to the device, so a step reads no device value; the draw count is saved
     in the state dict (:meth:`get_extra_state`), so a resumed run draws the same masks.
 
-    ``embed``: ``repr`` = the online encoder's mean-pooled tokens of the full image (what the kNN
-    and the linear probe see), ``emb`` = the mean-pooled layer-normalised target tokens — the
-    regression targets, whose collapse (one constant target, perfectly predictable) the monitor
-    watches. No projector (an identity ``projector`` of width D keeps generic code working).
+    ``embed``: ``repr`` = the mean-pooled output tokens of the full image by :attr:`eval_backbone`
+    — the target encoder (the paper's evaluation, App. A.1) unless ``eval_encoder: context`` —
+    which is what the kNN, the linear probe and the exported backbone see; ``emb`` = the
+    mean-pooled layer-normalised target tokens — the regression targets, whose collapse (one
+    constant target, perfectly predictable) the monitor watches. No projector (an identity
+    ``projector`` of width D keeps generic code working).
     """
 
     name: ClassVar[str] = "ijepa"
@@ -176,6 +186,18 @@ class IJEPA(SSLMethod):
         seed = config.mask_seed if config.mask_seed is not None else torch.initial_seed() % 2**63
         self.mask_seed, self.mask_draws = int(seed), 0
 
+    @property
+    def eval_backbone(self) -> nn.Module:
+        """The target encoder f_ξ (``eval_encoder: target`` with an EMA target), else the online one."""
+        if self.target is not None and self.config.eval_encoder == "target":
+            return self.target.net[0]
+        return self.backbone
+
+    @property
+    def _evaluates_target_network(self) -> bool:
+        """Whether :attr:`eval_backbone` is the network that makes the target tokens."""
+        return self.target is None or self.config.eval_encoder == "target"
+
     def build_projector(self, in_dim: int) -> nn.Module:  # type: ignore[override]
         return _identity_head(in_dim)
 
@@ -200,17 +222,15 @@ class IJEPA(SSLMethod):
     # ---- the two branches ------------------------------------------------------------------
 
     def target_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """LN(f_ξ(x)): the target encoder's tokens of the full image (B, P, D), layer-normalised
-        over the features; detached unless ``ema=off`` and ``stop_gradient=false``."""
+        """f_ξ(x): the target encoder's output tokens of the full image (B, P, D), before the
+        loss's layer norm; detached unless ``ema=off`` and ``stop_gradient=false``."""
         if self.target is not None:
             with torch.no_grad():
-                tokens = self.target.net[0](x, return_tokens=True)
-        elif self.config.stop_gradient:
+                return self.target.net[0](x, return_tokens=True)
+        if self.config.stop_gradient:
             with torch.no_grad():
-                tokens = self.backbone(x, return_tokens=True)
-        else:
-            tokens = self.backbone(x, return_tokens=True)
-        return F.layer_norm(tokens, (tokens.shape[-1],))
+                return self.backbone(x, return_tokens=True)
+        return self.backbone(x, return_tokens=True)
 
     def context_tokens(self, x: torch.Tensor, context_indices: torch.Tensor) -> torch.Tensor:
         """f_θ on the context patches: (B, n_ctx, K_c) indices → tokens (B·n_ctx, K_c, D). The
@@ -231,23 +251,26 @@ class IJEPA(SSLMethod):
         b = x.shape[0]
         context_idx, target_idx = self.draw_masks(b, x.device)
         n_ctx = context_idx.shape[1]
-        targets = select_patches(self.target_tokens(x), target_idx)  # (B, M, K_t, D)
+        full = self.target_tokens(x)  # (B, P, D)
+        targets = select_patches(F.layer_norm(full, (full.shape[-1],)), target_idx)  # (B, M, K_t, D)
         context = self.context_tokens(x, context_idx)  # (B·n_ctx, K_c, D)
         # every context block predicts every target block (official: repeat_interleave_batch)
         predictions = self.predictor(context, context_idx.reshape(b * n_ctx, -1),
                                      target_idx.repeat_interleave(n_ctx, dim=0), check_range=False)
         loss = prediction_loss(predictions, targets.repeat_interleave(n_ctx, dim=0), self.config.loss)
-        # repr: the context encoder's mean token of each image's first context block; emb: the
-        # mean of its layer-normalised target tokens (over the target blocks only)
-        tensors = {"repr": context.mean(dim=1)[::n_ctx], "emb": targets.mean(dim=(1, 2))}
+        # repr: the evaluated encoder's mean token of the full image (the target's, computed above;
+        # for eval_encoder=context, the context encoder's mean token of the first context block);
+        # emb: the mean of the layer-normalised target tokens (over the target blocks only)
+        pooled = full.mean(dim=1) if self._evaluates_target_network else context.mean(dim=1)[::n_ctx]
+        tensors = {"repr": pooled, "emb": targets.mean(dim=(1, 2))}
         scalars = {"context_patches": float(context_idx.shape[-1]), "target_patches": float(target_idx.shape[-1])}
         return MethodOutput(loss, tensors, scalars)
 
     def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``repr``: mean of the online encoder's tokens (= ``backbone(x)``); ``emb``: mean of the
-        layer-normalised target-encoder tokens (the online encoder's when ``ema=off``)."""
-        tokens = self.backbone(x, return_tokens=True)
-        target = tokens if self.target is None else self.target.net[0](x, return_tokens=True)
+        """``repr``: mean of :attr:`eval_backbone`'s tokens (= ``eval_backbone(x)``); ``emb``: mean
+        of the layer-normalised target-encoder tokens (the online encoder's when ``ema=off``)."""
+        target = (self.backbone if self.target is None else self.target.net[0])(x, return_tokens=True)
+        tokens = target if self._evaluates_target_network else self.backbone(x, return_tokens=True)
         return {"repr": tokens.mean(dim=1), "emb": F.layer_norm(target, (target.shape[-1],)).mean(dim=1)}
 
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
