@@ -1,6 +1,7 @@
 """One optimiser step of VICReg, MoCo, FALCON, Composite, DINO, SwAV and I-JEPA under DistributedDataParallel
 (two gloo ranks on CPU) against one process holding the global batch; with per-rank BatchNorm
-also BYOL, Barlow Twins, SimCLR and SimSiam.
+also BYOL (two views, and multi-crop: two global and two local views), Barlow Twins, SimCLR and
+SimSiam.
 
 Launched like ``test_trainer_ddp.py`` (which covers BYOL, Barlow Twins and SimCLR without
 BatchNorm and with SyncBatchNorm): the parent starts this file as two ranks; each takes its half
@@ -82,14 +83,15 @@ LR = 0.1
 TIMEOUT_S = 30.0
 METHODS = (
     "vicreg", "moco", "falcon", "composite", "dino", "swav", "ijepa",
-    "byol", "barlow_twins", "simclr", "simsiam",
+    "byol", "barlow_twins", "simclr", "simsiam", "byol_multicrop",
 )
 # FALCON refuses projector_bn=false; BYOL, Barlow Twins, SimCLR without BN: test_trainer_ddp.py
 NO_BN_METHODS = ("vicreg", "moco", "composite", "dino", "swav", "ijepa")
 BN_METHODS = (  # not I-JEPA: a ViT has no BatchNorm
     "vicreg", "moco", "falcon", "composite", "dino", "swav",
-    "byol", "barlow_twins", "simclr", "simsiam",
+    "byol", "barlow_twins", "simclr", "simsiam", "byol_multicrop",
 )
+MULTICROP = {"byol_multicrop": "byol"}  # the method on two global and two 4x4 local views
 PER_RANK_MASKS = ("ijepa",)  # masks drawn per rank (rank in the seed): the reference draws them per rank
 IJEPA_MASKS = {"num_targets": 2, "target_scale": [0.1, 0.15], "min_keep": 4}  # 4x4 grid (8x8, patch 2)
 IJEPA_EMA = 0.9  # τ at step 0 (linear schedule): a target move of (1 − τ)·lr·grad, far above 1e-10
@@ -106,6 +108,14 @@ def fixed_views() -> list[torch.Tensor]:
     return [torch.randn(WORLD * N, 1, 8, 8, generator=g, dtype=torch.float64) for _ in range(2)]
 
 
+def views_for(name: str) -> list[torch.Tensor]:
+    """:func:`fixed_views`, plus two fixed 4x4 local views for the multi-crop cases."""
+    if name not in MULTICROP:
+        return fixed_views()
+    g = torch.Generator().manual_seed(1)
+    return fixed_views() + [torch.randn(WORLD * N, 1, 4, 4, generator=g, dtype=torch.float64) for _ in range(2)]
+
+
 def build(name: str, bn: bool) -> nn.Module:
     """The method with small heads on a small CNN, seeded; ``bn``: BatchNorm in the backbone and
     the projector (MoCo's default projector has none, so it is switched on), or none at all.
@@ -115,6 +125,7 @@ def build(name: str, bn: bool) -> nn.Module:
     from collapselab.models import build_backbone
 
     torch.manual_seed(0)
+    name = MULTICROP.get(name, name)
     config = method_class(name).config_class()
     if name == "ijepa":
         assert not bn, "a ViT has no BatchNorm"
@@ -211,9 +222,9 @@ def worker(out_dir: Path) -> None:
     torch.set_num_threads(1)
     assert distributed.init_from_env(timeout_s=TIMEOUT_S)
     rank = distributed.get_rank()
-    local = [v[rank * N : (rank + 1) * N] for v in fixed_views()]
     results: dict[str, dict[str, torch.Tensor]] = {}
     for name in METHODS:
+        local = [v[rank * N : (rank + 1) * N] for v in views_for(name)]
         for bn in (*((False,) if name in NO_BN_METHODS else ()), *((True,) if name in BN_METHODS else ())):
             method = build(name, bn)
             drawn = record_masks(method) if name in PER_RANK_MASKS else None
@@ -282,7 +293,7 @@ def reference(
     if name in PER_RANK_MASKS and per_rank_masks:
         per_rank_masks_step(method, fixed_views())
     else:
-        forward_step(method, method, fixed_views())
+        forward_step(method, method, views_for(name))
     states = []
     for r in range(WORLD):
         rank_method = copy.deepcopy(method)

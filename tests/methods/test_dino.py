@@ -289,7 +289,33 @@ def test_ema_off_makes_the_teacher_the_detached_student() -> None:
     assert all(p.grad is not None for p in method.parameters())
 
 
+def test_eval_encoder_teacher_evaluates_the_teachers_backbone_as_the_official_evaluation() -> None:
+    """The official eval_knn.py / eval_linear.py load the teacher (``--checkpoint_key teacher``):
+    with ``eval_encoder: teacher``, ``repr`` (embed and the live forward) is the teacher
+    backbone's features once the student has moved away from it; the default (student) and
+    ``ema: off`` give the student's."""
+    method = make(eval_encoder="teacher")
+    with torch.no_grad():
+        for p in method.backbone.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    method.eval()
+    x = crops()[0]
+    with torch.no_grad():
+        teacher = method.teacher.net[0](x)
+        torch.testing.assert_close(method.embed(x)["repr"], teacher)
+        assert not torch.allclose(teacher, method.backbone(x), atol=1e-4)
+        method.start_step(0, 10, 5)
+        torch.testing.assert_close(method(crops()).tensors["repr"], teacher)
+    assert method.eval_backbone is method.teacher.net[0] and method.eval_backbone_prefix == "teacher.net.0."
+    for overrides in ({}, {"ema": "off", "eval_encoder": "teacher"}):
+        other = make(**overrides).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(other.embed(x)["repr"], other.backbone(x))
+        assert other.eval_backbone is other.backbone and other.eval_backbone_prefix == "backbone."
+
+
 @pytest.mark.parametrize(("key", "value", "match"), [
+    ("eval_encoder", "online", "eval_encoder must be one of student, teacher"),
     ("out_dim", 1, "out_dim"), ("student_temp", 0.0, "student_temp"), ("teacher_temp", -1.0, "teacher_temp"),
     ("center_momentum", 1.5, "center_momentum"), ("global_crops", 0, "global_crops"), ("ema", 1.2, "ema"),
     ("freeze_last_layer_epochs", -1, "freeze_last_layer_epochs"),

@@ -73,6 +73,42 @@ def test_byol_loss_is_the_symmetrised_2_minus_2_cosine_and_its_target_starts_as_
     assert float(out.loss.detach()) == pytest.approx(float(expected), abs=1e-5)
 
 
+def test_byol_multicrop_loss_equals_a_float64_loop_over_global_targets_and_other_views() -> None:
+    """Two 8x8 global and three 4x4 local views: L = 2/P Σ_{i ∈ globals} Σ_{j ≠ i} mean_b
+    (2 − 2 cos(p_j, ξ_i)) over the P = 2·(V − 1) pairs, written as a per-sample loop in float64;
+    values and gradients agree, and the target network sees only the two global views."""
+    method = make("byol", ema=0.5).double()
+    g = torch.Generator().manual_seed(3)
+    crops = [torch.randn(6, 1, s, s, generator=g, dtype=torch.float64) for s in (8, 8, 4, 4, 4)]
+    seen: list[tuple[int, ...]] = []
+    hook = method.target.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape)))
+    out = method(crops)
+    hook.remove()
+    assert seen == [(6, 1, 8, 8), (6, 1, 8, 8)]
+    out.loss.backward()
+    got = {n: p.grad.clone() for n, p in method.named_parameters() if p.requires_grad}
+    method.zero_grad()
+
+    preds = [method.predictor(method.projector(method.backbone(x))) for x in crops]
+    with torch.no_grad():
+        targets = [method.target.net(x) for x in crops[:2]]
+    total, pairs = 0.0, 0
+    for i in range(2):
+        for j in range(len(crops)):
+            if j == i:
+                continue
+            pairs += 1
+            per_sample = [2 - 2 * torch.dot(preds[j][b], targets[i][b]) / (preds[j][b].norm() * targets[i][b].norm())
+                          for b in range(6)]
+            total = total + sum(per_sample) / 6
+    expected = total * 2 / pairs
+    assert pairs == 8
+    torch.testing.assert_close(out.loss.detach(), expected.detach(), atol=1e-12, rtol=0)
+    expected.backward()
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, dict(method.named_parameters())[name].grad, atol=1e-10, rtol=1e-8)
+
+
 def test_simsiam_loss_is_half_the_sum_of_negative_cosines() -> None:
     method = make("simsiam")
     v1, v2 = views()

@@ -373,16 +373,18 @@ class SiameseMethod(SSLMethod):
             else EMATarget(nn.Sequential(self.backbone, self.projector), momentum, config.ema_final)
         )
 
+    def online_branch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The online network on one view: ``repr``, ``emb`` and ``pred`` (= ``emb`` without a predictor)."""
+        out = self.embed(x)
+        out["pred"] = self.predictor(out["emb"]) if self.predictor is not None else out["emb"]
+        return out
+
     def branches(self, views: Sequence[torch.Tensor]) -> tuple[list[dict[str, torch.Tensor]], list[torch.Tensor]]:
         """Online outputs (``repr``, ``emb``, ``pred``) and target embeddings of each view.
 
         Targets are detached when they come from the EMA network or when ``stop_gradient``.
         """
-        online = []
-        for x in views:
-            out = self.embed(x)
-            out["pred"] = self.predictor(out["emb"]) if self.predictor is not None else out["emb"]
-            online.append(out)
+        online = [self.online_branch(x) for x in views]
         if self.target is not None:
             targets = [self.target(x) for x in views]
         elif self.config.stop_gradient:

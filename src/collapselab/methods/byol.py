@@ -34,6 +34,13 @@ class BYOL(SiameseMethod):
 
     L = Σ_{(i,j) ∈ {(1,2),(2,1)}} mean_b (2 − 2⟨p_i/‖p_i‖, ξ_j/‖ξ_j‖⟩)   (eq. 2, symmetrised),
     p_i = predictor(projector(backbone(v_i))), ξ_j = EMA target's projection of v_j. Range [0, 8].
+
+    Multi-crop (more than two views, e.g. ``data.augment.views.local: {count: 4, size: 0.5}``):
+    the first two views are the global crops and the only ones the target sees; every view's
+    prediction is compared with the target of each global crop other than itself (the pairing
+    of solo-learn's multi-crop BYOL and of DINO, Caron et al. 2021), and the pair sum is scaled
+    by 2 / (number of pairs), so two views give the loss above exactly (range [0, 8] for any
+    count). Not in the BYOL paper, which uses two views.
     """
 
     name: ClassVar[str] = "byol"
@@ -45,11 +52,13 @@ class BYOL(SiameseMethod):
 
     def forward(self, views: Sequence[torch.Tensor]) -> MethodOutput:
         online, targets = self.branches(self.two_views(views, "byol"))
+        online += [self.online_branch(x) for x in views[2:]]
         stop = self.config.stop_gradient
-        d12 = negative_cosine(online[0]["pred"], targets[1], stop_gradient=stop)
-        d21 = negative_cosine(online[1]["pred"], targets[0], stop_gradient=stop)
-        loss = (2 + 2 * d12) + (2 + 2 * d21)
-        return MethodOutput(loss, online[0], {"cosine": -(d12 + d21).detach() / 2})
+        distances = [negative_cosine(online[j]["pred"], targets[i], stop_gradient=stop)
+                     for i in range(2) for j in range(len(online)) if j != i]
+        loss = sum(2 + 2 * d for d in distances) * (2 / len(distances))
+        cosine = -torch.stack(distances).detach().mean()
+        return MethodOutput(loss, online[0], {"cosine": cosine})
 
     def collapse_loss(self, batch_size: int) -> float:
         """A collapsed online branch whose prediction points at the (equally collapsed) target:
