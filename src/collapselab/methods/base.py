@@ -284,8 +284,9 @@ class SSLMethod(nn.Module):
     @property
     def eval_backbone(self) -> nn.Module:
         """The encoder whose features are the run's representation — what the kNN, the probes and
-        a checkpoint's exported backbone use: the online ``backbone``, unless the method's source
-        evaluates another network (I-JEPA: the target encoder)."""
+        a checkpoint's exported backbone use: the online ``backbone``, unless the method evaluates
+        another network (I-JEPA: its target encoder, as the paper; DINO with ``eval_encoder:
+        teacher``: the teacher's backbone)."""
         return self.backbone
 
     @property
