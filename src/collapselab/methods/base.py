@@ -289,6 +289,11 @@ class SSLMethod(nn.Module):
         teacher``: the teacher's backbone)."""
         return self.backbone
 
+    def _backbone_of(self, ema: EMATarget | None, use_ema: bool) -> nn.Module:
+        """``ema``'s copy of the backbone (``ema.net[0]``) when there is one and ``use_ema``, else
+        the online ``backbone``: the :attr:`eval_backbone` of methods that can evaluate an EMA copy."""
+        return ema.net[0] if ema is not None and use_ema else self.backbone
+
     @property
     def eval_backbone_prefix(self) -> str:
         """The ``state_dict`` key prefix of :attr:`eval_backbone` (``"backbone."`` by default)."""

@@ -153,9 +153,7 @@ class DINO(SSLMethod):
     @property
     def eval_backbone(self) -> nn.Module:
         """The teacher's backbone (``eval_encoder: teacher`` with an EMA teacher), else the student's."""
-        if self.teacher is not None and self.config.eval_encoder == "teacher":
-            return self.teacher.net[0]
-        return self.backbone
+        return self._backbone_of(self.teacher, self.config.eval_encoder == "teacher")
 
     @property
     def projector(self) -> DINOBottleneck:  # type: ignore[override]

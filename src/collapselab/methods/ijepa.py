@@ -189,9 +189,7 @@ class IJEPA(SSLMethod):
     @property
     def eval_backbone(self) -> nn.Module:
         """The target encoder f_ξ (``eval_encoder: target`` with an EMA target), else the online one."""
-        if self.target is not None and self.config.eval_encoder == "target":
-            return self.target.net[0]
-        return self.backbone
+        return self._backbone_of(self.target, self.config.eval_encoder == "target")
 
     @property
     def _evaluates_target_network(self) -> bool:
