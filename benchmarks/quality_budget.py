@@ -1,11 +1,13 @@
 """Representation quality at a fixed wall-clock budget: collapselab vs a plain lightly-style loop.
 
-For each method (SimCLR, BYOL), in one process, one run after the other (never at once):
+For each method (SimCLR and BYOL by default; ``--methods`` takes any of collapselab's), in one
+process, one run after the other (never at once):
 
 * **collapselab**: ``collapselab.train(method, "npz", ...)`` with ``train.time_budget`` set to
   ``--budget`` and the recipe collapselab picks for the data and device (no backbone is passed
   unless ``--backbone`` is); ``--config`` / ``--set`` pass through.
-* **plain**: about a hundred lines of plain PyTorch + torchvision written after lightly's CIFAR-10
+* **plain** (SimCLR and BYOL only; the other methods' rows show collapselab beside the floors):
+  about a hundred lines of plain PyTorch + torchvision written after lightly's CIFAR-10
   benchmark (``docs/source/getting_started/benchmarks/cifar10_benchmark.py``): per-image
   torchvision augmentation in a ``DataLoader`` (``--workers`` processes), SGD lr 0.06·B/128,
   momentum 0.9, weight decay 5e-4, cosine LR to 0 over the planned steps, no warm-up.
@@ -102,8 +104,10 @@ from collapselab.data.augment import channel_stats
 from collapselab.engine.threads import available_cpus
 from collapselab.engine.trainer import Normalizer, build_backbone_for, resolve_device
 from collapselab.evaluation import extract_features, knn_accuracy
+from collapselab.methods import available_methods
 
-METHODS = ("simclr", "byol")
+METHODS = ("simclr", "byol")  # the default rows: the methods with a plain loop and a margin target
+ALL_METHODS = tuple(available_methods())
 KNN_K, KNN_TEMPERATURE = 200, 0.1
 PLAIN_WARMUP_STEPS, PLAIN_PROBE_STEPS = 2, 5
 TARGETS = {  # points of kNN top-1; None = not part of that target
@@ -439,7 +443,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True,
                    help="folder with train.npz and test.npz (see the module docstring)")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(METHODS),
+                   help="any collapselab method; only SimCLR and BYOL have a plain side and margins")
     p.add_argument("--budget", type=float, default=120.0, help="seconds of training per side")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--size", type=int, default=16, help="image side after resizing")
@@ -515,8 +520,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     net = fresh_backbone(config, bank.resolution, seed).to(device)
                     untrained_cache[key] = knn_top1(net, bank, queries, normalizer, device)
                 untrained = untrained_cache[key]
-                plain: dict[str, Any] = {"skipped": plain_skip} if plain_skip else {}
-                if not plain_skip:
+                skip = plain_skip or (None if method in METHODS else f"no plain loop for {method}")
+                plain: dict[str, Any] = {"skipped": skip} if skip else {}
+                if not skip:
                     net = fresh_backbone(config, bank.resolution, seed)
                     plain = plain_train(method, net, bank_images, mean, std,
                                         budget_s=args.budget, batch=args.plain_batch,
@@ -534,7 +540,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "lib_minus_std": lib["knn_top1"] - std_pixels,
                     "lib_minus_plain": None if plain_top1 is None else lib["knn_top1"] - plain_top1,
                     "target": check_target(device.type, lib["knn_top1"], raw, plain_top1,
-                                           untrained, full=not differ),
+                                           untrained, full=not differ and method in METHODS),
                     "settings_differ_from_target": differ})
     print()
     print(f"kNN top-1 in % (cosine, k={KNN_K}, τ={KNN_TEMPERATURE}) after {args.budget:g} s "
@@ -547,7 +553,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f">= plain + {t['over_plain']:g} points") if s)
     cpu_floor = "" if device.type == "cuda" else "above the untrained network and raw pixels; "
     print(f"target ({'GPU' if device.type == 'cuda' else 'CPU'}): collapselab {cpu_floor}"
-          f"at the target's settings {margins} (raw pixels: [0, 1], as `collapselab eval`)")
+          f"at the target's settings, for {' and '.join(METHODS)}, {margins} (raw pixels: [0, 1], "
+          f"as `collapselab eval`)")
     differ = result["rows"][0]["settings_differ_from_target"] if result["rows"] else []
     if differ:
         what = "nothing is checked" if device.type == "cuda" else "only the floors are checked"

@@ -157,3 +157,20 @@ def test_plain_views_of_one_channel_images_are_grey_pil_images():
     views = quality_budget.TwoViews(images, lambda im: (im.mode, np.asarray(im)))
     (mode, a), (_, b) = views[1]
     assert mode == "L" and np.array_equal(a, images[1, ..., 0]) and np.array_equal(a, b)
+
+
+def test_a_method_without_a_plain_loop_is_scored_against_the_floors_only(tmp_path):
+    """Any collapselab method can be benchmarked; only SimCLR and BYOL have a plain side and the
+    margin targets, so another method's row skips the plain loop (saying why) and checks only
+    that it beats the untrained network and raw pixels."""
+    _write_npz_dataset(tmp_path)
+    result = quality_budget.main([
+        "--data", str(tmp_path), "--budget", "2", "--train-images", "100", "--queries", "50",
+        "--size", "16", "--methods", "vicreg", "--backbone", "small_cnn",
+        "--backbone-args", '{"width": 4}', "--set", "data.batch_size=32", "--workers", "0"])
+    (row,) = result["rows"]
+    assert row["method"] == "vicreg" and row["collapselab"]["steps"] > 0
+    assert row["plain"]["skipped"] and row["lib_minus_plain"] is None
+    assert set(row["target"]["checks"]) == {"> untrained, raw"}
+    floor = max(row["untrained"], row["raw_pixels"])
+    assert row["target"]["met"] is (row["collapselab"]["knn_top1"] > floor)
