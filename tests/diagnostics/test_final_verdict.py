@@ -146,9 +146,16 @@ def test_low_occupancy_is_dimensional_collapse_even_when_the_reference_was_as_lo
     assert end.metrics["effective_rank_ratio"] < 0.01
     assert end.verdict["dimensional"] == "collapsed"
     assert diagnose(low(1)).verdict["dimensional"] == "collapsed"
-    # twice the directions: above 1 % and as many as at the start, so healthy
-    wide = torch.randn(800, 8, generator=_gen(7)) @ torch.randn(8, 512, generator=g)
+    # twice the directions, above 1 % and as many as at the start, over a noise floor that spans
+    # nearly every direction (Marchenko-Pastur: its smallest variances are ~4e-7 of the top): healthy
+    plane = torch.randn(800, 8, generator=_gen(7)) @ torch.randn(8, 512, generator=g)
+    wide = plane + 0.1 * torch.randn(800, 512, generator=_gen(8))
+    assert diagnose(wide).metrics["span_ratio"] > 0.9
     assert diagnose(wide, reference=diagnose(wide)).verdict["dimensional"] == "healthy"
+    # without that floor the same 8 directions are all it spans (1.6 % of 512): collapsed
+    exact = diagnose(plane, reference=diagnose(plane))
+    assert exact.metrics["span"] == 8 and exact.verdict["dimensional"] == "collapsed"
+    assert "it spans only 8 of them" in exact.reasons["dimensional"]
 
 
 def test_code_usage_against_chance_matches_a_simulation_of_random_draws() -> None:

@@ -98,6 +98,17 @@ DIMENSIONAL_WARNING_OCCUPANCY = 0.01
 3 of 256), and a fresh replicate showed a healthy 16-px SimSiam run at 1.15 % (5.9 of 511). The
 BYOL ResNet-18 projector on CIFAR-10 reported at 3-4 of 256 (1.2-1.6 %) is therefore not called
 from occupancy alone; what the reference adds is judged by the rules below."""
+DIMENSIONAL_SPAN_COLLAPSED = 0.02
+"""Whatever the reference: the embedding spans (``span``, the numerical rank at
+:data:`~collapselab.diagnostics.spectrum.SPAN_RTOL`) under 2 % of the available directions
+min(D, N − 1): every other direction holds less than a millionth of the largest variance. Unlike
+a low effective rank, which healthy projectors reach by concentrating their variance (4-5 % in
+the collapse zoo), a lost span means vanished singular values (Jing et al. 2022). Collapse zoo,
+re-run 2026-12-07 (docs/diagnostics.md): healthy runs spanned at least 52 % at the end; BYOL
+without predictor and EMA, and Barlow Twins without its off-diagonal term, 0.2-3.7 %; the
+synthetic 3-of-256 embedding 1.2 %."""
+DIMENSIONAL_SPAN_WARNING = 0.1
+"""The span covers under 10 % of the available directions: a warning."""
 DIMENSIONAL_COLLAPSED_ABSOLUTE = 2.0
 """Fewer than 2 effective directions is collapse whatever the reference, when at least 4
 dimensions are available (a 2- or 3-unit bottleneck is low-rank by construction)."""
@@ -193,6 +204,8 @@ _DISPLAY_ORDER = (
     "alpha_req",
     "eigenvalue_log_ratio",
     "components_90",
+    "span",
+    "span_ratio",
     "uniformity",
     "alignment",
     "effective_rank_vs_reference",
@@ -280,13 +293,28 @@ def dimensional_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
     occupancy = metrics["effective_rank_ratio"]
     if math.isfinite(vs_ref) and vs_ref > 0:
         reason += f"; at the start it used {erank / vs_ref:.1f}"
+    span_level, span_reason = span_verdict(metrics)
+    if span_level in ("warning", "collapsed"):
+        reason += span_reason
     if erank < DIMENSIONAL_COLLAPSED_ABSOLUTE and available >= 2 * DIMENSIONAL_COLLAPSED_ABSOLUTE:
         return "collapsed", reason
     if math.isfinite(vs_ref):
         level = _worse(_level(vs_ref, DIMENSIONAL_COLLAPSED_VS_REFERENCE, DIMENSIONAL_WARNING_VS_REFERENCE),
                        _level(occupancy, DIMENSIONAL_COLLAPSED_OCCUPANCY, DIMENSIONAL_WARNING_OCCUPANCY))
-        return level, reason
-    return _level(occupancy, DIMENSIONAL_COLLAPSED_RATIO, DIMENSIONAL_WARNING_RATIO), reason
+        return _worse(level, span_level), reason
+    return _worse(_level(occupancy, DIMENSIONAL_COLLAPSED_RATIO, DIMENSIONAL_WARNING_RATIO), span_level), reason
+
+
+def span_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
+    """The dimensional level from the span alone (``span_ratio`` = span / min(D, N − 1), against
+    :data:`DIMENSIONAL_SPAN_COLLAPSED` and :data:`DIMENSIONAL_SPAN_WARNING`) and the clause that
+    says so; ("n/a", "") when the span was not measured (metrics recorded before it existed)."""
+    ratio = metrics.get("span_ratio", math.nan)
+    if not math.isfinite(ratio):
+        return NOT_APPLICABLE, ""
+    level = _level(ratio, DIMENSIONAL_SPAN_COLLAPSED, DIMENSIONAL_SPAN_WARNING)
+    return level, (f"; it spans only {int(metrics['span'])} of them (each other direction holds under a "
+                   f"millionth of the largest variance)")
 
 
 def cluster_verdict(metrics: Mapping[str, float]) -> tuple[str, str]:
@@ -405,7 +433,7 @@ METRIC_NAMES = frozenset(
         "total_variance", "relative_variance", "directional_variance", "spread", "normalized_std",
         "collapse_level", "mean_pairwise_cosine", "mean_norm", "uniformity", "alignment",
         "stable_rank", "spectral_stable_rank", "effective_rank", "effective_rank_ratio", "rankme",
-        "alpha_req", "eigenvalue_log_ratio", "components_90", "top_eigenvalue",
+        "alpha_req", "eigenvalue_log_ratio", "components_90", "span", "span_ratio", "top_eigenvalue",
         "n_codes", "code_entropy", "code_perplexity", "code_used", "code_used_fraction",
         "code_max_perplexity", "code_perplexity_ratio", "code_used_vs_chance",
         "code_soft_perplexity", "code_sample_entropy_ratio",
@@ -517,6 +545,7 @@ def diagnose(
     metrics.update(spectrum.spectral_metrics(*spectrum.spectra_of_validated(x)))
     metrics["available_dims"] = float(min(d, n - 1))
     metrics["effective_rank_ratio"] = metrics["effective_rank"] / metrics["available_dims"]
+    metrics["span_ratio"] = metrics["span"] / metrics["available_dims"]
     metrics["uniformity"] = geometry.uniformity_of_unit_rows(_subsample(unit_rows, max_pairwise_samples, seed))
     if views is not None:
         v = as_float64_matrix(views, "views")
