@@ -23,7 +23,6 @@ from collapselab.diagnostics.verdict import (
     MODES,
     NOT_APPLICABLE,
     Diagnosis,
-    DIMENSIONAL_COLLAPSED_ABSOLUTE,
     check_pairwise_samples,
     diagnose,
     judge,
@@ -58,12 +57,6 @@ negative-cosine loss 84 % of the way to −1, and no other rule sees it."""
 PEAK_FALL = 0.15
 """Effective rank below 15 % of its peak over the run (and below where it started): the whole-run
 trend, which a steady-fall window misses when the fall is fast or noisy."""
-HEAD_SPAN_KEPT = 0.5
-"""A head's low effective rank is lifted only while it still spans at least half of its available
-directions (``span_ratio``): a projector that concentrates its variance but keeps most directions
-alive, not one whose singular values vanish. Healthy projectors in the collapse zoo spanned
-52-100 % at the end; SimCLR at τ = 5 on digits, whose backbone kNN fell below the baselines,
-25 %."""
 BACKBONE = "repr"
 """The name the trainer gives the backbone's representation, the embedding that is evaluated and
 kept; the other names (``emb``: the projector's output) are heads on top of it."""
@@ -154,10 +147,8 @@ class CollapseMonitor:
             (after the warm-up): a run that warned and did not stay healthy that long has not
             recovered.
         backbone: the name of the backbone's representation (:data:`BACKBONE`). When it is
-            watched, a head's dimensional warning that rests on its effective rank alone is lifted
-            at a check where the backbone's complete and dimensional verdicts are healthy and the
-            head still spans at least half of its directions (:meth:`_head_absorbed`); ``None``
-            judges every name on its own.
+            watched, a head's dimensional warning at a check where the backbone is healthy says
+            so (:meth:`_head_only`); the level is the head's own.
 
     ``history[name][metric]`` lists values aligned with ``steps[name]``; ``levels[name][mode]``
     the verdicts; ``first_unhealthy[name][mode]`` the step at which a mode first left "healthy";
@@ -325,15 +316,11 @@ class CollapseMonitor:
                     reason = (f"{reason}; that is {values[-1] / peak:.2f}× the most it used during the run "
                               f"({peak:.1f})")
                     diag.verdict[mode], diag.reasons[mode] = level, reason
-            if mode == "dimensional" and level in ("warning", "collapsed") and self._head_absorbed(step, name, diag):
-                level = "healthy"
+            if mode == "dimensional" and level in ("warning", "collapsed") and self._head_only(step, name):
                 backbone = self.latest[self.backbone].metrics
-                reason = (f"{reason}; not counted as collapse: this head still spans {int(diag.metrics['span'])} "
-                          f"directions and the backbone ('{self.backbone}') is healthy, using "
-                          f"{backbone['effective_rank']:.1f} of {int(backbone['available_dims'])} (a projector "
-                          f"may concentrate its output while the representation stays intact: Jing et al. "
-                          f"2022, Bordes et al. 2023)")
-                diag.verdict[mode], diag.reasons[mode] = level, reason
+                reason = (f"{reason}; so far only in this head: the backbone ('{self.backbone}') is healthy, using "
+                          f"{backbone['effective_rank']:.1f} of {int(backbone['available_dims'])} directions")
+                diag.reasons[mode] = reason
             if mode == "band" and level != NOT_APPLICABLE:
                 level, reason = self._band_history(step, name, diag, level, reason)
                 diag.verdict[mode], diag.reasons[mode] = level, reason
@@ -367,28 +354,17 @@ class CollapseMonitor:
         self.latest[name] = diag
         return alarms
 
-    def _head_absorbed(self, step: int, name: str, diag: Diagnosis) -> bool:
-        """A head's low effective rank that the representation below it does not share: ``name``
-        is not the backbone, the backbone was diagnosed at this ``step`` with healthy complete and
-        dimensional verdicts, this head's complete verdict is not collapsed, it keeps at least
-        two effective directions and it spans at least :data:`HEAD_SPAN_KEPT` of its available
-        directions. The projector then concentrates
-        its output, as healthy projectors do (Jing et al., ICLR 2022; Bordes et al., "Guillotine
-        regularization", TMLR 2023), and the representation that is evaluated keeps its
-        directions. Collapse zoo: SimSiam without a predictor on digits (kNN above the
-        baselines) fell to 2.7 effective directions of 511 while spanning 324 and its backbone
-        kept 15.5 of 128."""
+    def _head_only(self, step: int, name: str) -> bool:
+        """``name`` is a head (not the backbone) and the backbone, diagnosed at this ``step``, is
+        healthy in the complete and dimensional modes: what the head shows has not reached the
+        representation (yet). A projector can concentrate its output while the representation
+        under it stays intact (Jing et al., ICLR 2022; Bordes et al., "Guillotine regularization",
+        TMLR 2023), or be the first to show a collapse the backbone follows (SimSiam without a
+        predictor, Chen & He 2021): the sentence says which embedding it is, the level stays."""
         backbone = self.backbone
         if backbone is None or name == backbone or self.steps.get(backbone, [None])[-1] != step:
             return False
-        levels = self.levels[backbone]
-        if any(levels[mode][-1] != "healthy" for mode in ("complete", "dimensional")):
-            return False
-        if (self.levels[name].get("complete") or ["healthy"])[-1] == "collapsed":
-            return False
-        if diag.metrics.get("effective_rank", 0.0) < DIMENSIONAL_COLLAPSED_ABSOLUTE:
-            return False
-        return diag.metrics.get("span_ratio", math.nan) >= HEAD_SPAN_KEPT
+        return all(self.levels[backbone][mode][-1] == "healthy" for mode in ("complete", "dimensional"))
 
     def _drawing_together(self, step: int, diag: Diagnosis) -> bool:
         """The spread fell under :data:`SPREAD_HALVED` of its start while the loss at this check
