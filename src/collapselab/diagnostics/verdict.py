@@ -120,8 +120,8 @@ CLUSTER_COLLAPSED_PERPLEXITY_RATIO = 0.1
 CLUSTER_WARNING_PERPLEXITY_RATIO = 0.3
 """Below 30 %: most codes idle (uniform random use of c codes by N ≥ 3c samples scores > 0.9)."""
 CLUSTER_WARNING_USED = 0.75
-"""Codes used / the number N uniform random draws would use (``code_used_vs_chance``) below 0.8:
-a fifth of the codes idle (FALCON with β = 1 on digits ends on 23 of 32, 0.72)."""
+"""Codes used / the number N uniform random draws would use (``code_used_vs_chance``) below 0.75:
+a quarter of the codes idle (FALCON with β = 1 on digits ends on 23 of 32, 0.72)."""
 CLUSTER_COLLAPSED_USED = 0.2
 """Below 0.2: four in five codes idle."""
 CLUSTER_COLLAPSED_PERPLEXITY = 1.5
