@@ -125,6 +125,19 @@ def test_impossible_value_fails_before_any_training(tmp_path: Path, override: st
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(("value", "expected"), [("off", "off"), ("no", "off"), ("false", "off"),
+                                                ("bf16", "bf16"), ("BF16", "bf16"), ("auto", "auto")])
+def test_train_amp_off_survives_yaml_reading_it_as_a_boolean(value: str, expected: str) -> None:
+    """`train.amp=off` is what the trainer's divergence message suggests; YAML reads it as False."""
+    assert load_config("byol", "digits", overrides=[f"train.amp={value}"]).train.amp == expected
+
+
+@pytest.mark.parametrize("value", ["on", "yes", "fp8"])
+def test_train_amp_that_names_no_precision_is_a_one_line_error(value: str) -> None:
+    with pytest.raises(InputError, match=r"train\.amp must be one of auto, bf16, fp16, off"):
+        load_config("byol", "digits", overrides=[f"train.amp={value}"])
+
+
 @pytest.mark.parametrize("value", [".nan", ".inf"])
 @pytest.mark.parametrize(("method", "key"), [
     ("simsiam", "optim.lr"),

@@ -735,6 +735,23 @@ def switch(value: Any, key: str) -> str:
     return text
 
 
+def amp_mode(value: Any) -> str:
+    """``train.amp`` as one of :data:`AMP_MODES`. YAML reads ``off`` (and ``no``, ``false``) as a
+    boolean, which arrives here as False or "False": that is "off". True ("on", "yes") names no
+    precision and is an error."""
+    if isinstance(value, bool) or str(value).strip().lower() in ("true", "false"):
+        if str(value).strip().lower() == "false":
+            return "off"
+        raise InputError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {value!r} (YAML reads on and "
+                         f"yes as true): use auto, or bf16 / fp16 to choose the precision")
+    text = str(value).strip().lower()
+    if text not in AMP_MODES:
+        near = difflib.get_close_matches(text, AMP_MODES, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise InputError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {value!r}{hint}")
+    return text
+
+
 def validate(config: Config) -> None:
     """Check values that no type can: every number finite, ranges, names, combinations. Raises
     :class:`InputError` naming the key."""
@@ -786,8 +803,7 @@ def validate(config: Config) -> None:
         raise InputError(f"train.steps must be an integer >= 1 or null, got {t.steps!r}")
     if t.time_budget is not None:
         parse_duration(t.time_budget)
-    if t.amp not in AMP_MODES:
-        raise InputError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {t.amp!r}")
+    t.amp = amp_mode(t.amp)
     t.channels_last = switch(t.channels_last, "train.channels_last")
     t.compile = switch(t.compile, "train.compile")
     if t.threads is not None and t.threads < 1:
