@@ -721,35 +721,32 @@ def _check_finite(value: Any, key: str) -> None:
         raise InputError(f"{key} must be a finite number, got {value}")
 
 
+def _word(value: Any, key: str, choices: tuple[str, ...], allowed: str, aliases: Mapping[str, str],
+          note: Mapping[str, str] | None = None) -> str:
+    """``value`` as one of ``choices``, lower-cased, after ``aliases`` (YAML reads on/off/yes/no
+    as booleans, which arrive here as True/False); else a one-line :class:`InputError`
+    "``key`` must be ``allowed``", with ``note`` for a word or the nearest choice as a hint."""
+    text = str(value).strip().lower()
+    text = aliases.get(text, text)
+    if text not in choices:
+        near = difflib.get_close_matches(text, choices, n=1)
+        hint = (note or {}).get(text) or (f" (did you mean {near[0]!r}?)" if near else "")
+        raise InputError(f"{key} must be {allowed}, got {value!r}{hint}")
+    return text
+
+
 def switch(value: Any, key: str) -> str:
     """A three-way switch as ``auto``, ``on`` or ``off`` (YAML reads on/off as booleans)."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    text = str(value).strip().lower()
     aliases = {"true": "on", "false": "off", "yes": "on", "no": "off", "1": "on", "0": "off"}
-    text = aliases.get(text, text)
-    if text not in SWITCHES:
-        near = difflib.get_close_matches(text, SWITCHES, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise InputError(f"{key} must be auto, on or off, got {value!r}{hint}")
-    return text
+    return _word(value, key, SWITCHES, "auto, on or off", aliases)
 
 
 def amp_mode(value: Any) -> str:
     """``train.amp`` as one of :data:`AMP_MODES`. YAML reads ``off`` (and ``no``, ``false``) as a
     boolean, which arrives here as False or "False": that is "off". True ("on", "yes") names no
     precision and is an error."""
-    if isinstance(value, bool) or str(value).strip().lower() in ("true", "false"):
-        if str(value).strip().lower() == "false":
-            return "off"
-        raise InputError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {value!r} (YAML reads on and "
-                         f"yes as true): use auto, or bf16 / fp16 to choose the precision")
-    text = str(value).strip().lower()
-    if text not in AMP_MODES:
-        near = difflib.get_close_matches(text, AMP_MODES, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise InputError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {value!r}{hint}")
-    return text
+    return _word(value, "train.amp", AMP_MODES, f"one of {', '.join(AMP_MODES)}", {"false": "off"},
+                 {"true": " (YAML reads on and yes as true): use auto, or bf16 / fp16 to choose the precision"})
 
 
 def validate(config: Config) -> None:
