@@ -61,3 +61,32 @@ def test_synthetic_cases_run_and_are_scored(construction: str) -> None:
         assert row["caught"], row
     else:
         assert row["false_alarm"] is False, row
+
+
+def test_floor_se_is_the_paired_standard_error_against_the_lower_floor() -> None:
+    hits = torch.tensor([1, 1, 1, 0, 1, 0, 1, 1], dtype=torch.bool)
+    pixels = torch.tensor([1, 0, 1, 0, 1, 1, 0, 1], dtype=torch.bool)  # 5/8
+    random = torch.tensor([1, 1, 1, 1, 1, 0, 1, 1], dtype=torch.bool)  # 7/8: pixels is the floor
+    got = zoo.floor_se(hits, pixels, random)
+    d = [100.0 * (a - b) for a, b in zip(hits.tolist(), pixels.tolist(), strict=True)]  # 0 100 0 0 0 -100 100 0
+    mean = sum(d) / len(d)
+    sd = (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5
+    assert got["queries"] == 8
+    assert got["floor_diff"] == pytest.approx(12.5) and got["floor_se"] == pytest.approx(sd / 8 ** 0.5)
+    assert zoo.floor_se(hits, random, pixels)["floor_diff"] == pytest.approx(12.5)  # the lower one, either order
+
+
+def test_a_knn_label_within_two_standard_errors_of_the_floor_is_undetermined() -> None:
+    def with_se(top1: float, losses: list[list[float]] | None = None) -> dict:
+        record = _trained(top1, losses or [], 0.0 if losses else None)
+        record["eval"]["floor_se"] = 1.0  # the floor is the untrained network's 95.8
+        return record
+
+    near = zoo.label(with_se(94.5))  # 1.3 below: collapsed by the 1-point rule, within 2 errors
+    assert near["collapsed"] and not near["determined"] and "undetermined" in near["why"]
+    assert zoo.label(with_se(97.0))["determined"] is False  # 1.2 above, healthy, also within 2
+    far = zoo.label(with_se(93.0))
+    assert far["collapsed"] and far["determined"]
+    at_value = zoo.label(with_se(95.5, [[5, 5.0], [10, 0.01]]))  # the loss decides, whatever the kNN's error
+    assert at_value["collapsed"] and at_value["determined"]
+    assert zoo.label(_trained(94.5, []))["determined"]  # records without the error: the pre-set rule

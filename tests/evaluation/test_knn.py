@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from collapselab.evaluation import accuracy_from_scores, knn_accuracy, knn_scores
+from collapselab.evaluation import accuracy_from_scores, knn_accuracy, knn_hits, knn_scores
 
 from .conftest import make_blobs
 
@@ -47,6 +47,21 @@ def test_knn_accuracy_equals_brute_force_top1_and_top5():
     got = knn_accuracy(train, train_labels, test, test_labels, k=20, dtype=torch.float64)
     assert got == {"knn_top1": pytest.approx(top1, abs=0), "knn_top5": pytest.approx(top5, abs=0)}
     assert 0.2 < top1 < 1.0  # a case where the answer is neither trivial nor perfect
+
+
+def test_knn_hits_are_the_brute_force_per_query_hits_and_average_to_the_accuracy():
+    train, train_labels = make_blobs(60, 8, 10, spread=0.9, seed=3)
+    test, test_labels = make_blobs(25, 8, 10, spread=0.9, seed=4)
+    expected = _brute_force_scores(train, train_labels, test, 20, 0.1, 8)
+    ranked = np.argsort(-expected, axis=1, kind="stable")
+    hits = knn_hits(train, train_labels, test, test_labels, k=20, temperature=0.1)
+    assert hits.dtype == torch.bool and hits.shape == (len(test),)
+    assert hits.tolist() == list(ranked[:, 0] == test_labels.numpy())
+    assert 0 < int(hits.sum()) < len(test)
+    accuracy = knn_accuracy(train, train_labels, test, test_labels, k=20)["knn_top1"]
+    assert accuracy == pytest.approx(float(hits.double().mean()), abs=0)
+    top5 = knn_hits(train, train_labels, test, test_labels, k=20, top=5)
+    assert top5.tolist() == [label in ranked[i, :5] for i, label in enumerate(test_labels.numpy())]
 
 
 def test_weighted_vote_by_hand_lets_one_close_neighbour_beat_two_far_ones():

@@ -31,7 +31,13 @@ from collapselab.evaluation.features import (
     load_features,
     random_init_copy,
 )
-from collapselab.evaluation.knn import accuracy_from_scores, knn_accuracy, knn_scores
+from collapselab.evaluation.knn import (
+    accuracy_from_scores,
+    hits_from_scores,
+    knn_accuracy,
+    knn_hits,
+    knn_scores,
+)
 from collapselab.evaluation.linear import (
     ConvergenceWarning,
     LinearProbe,
@@ -56,9 +62,11 @@ __all__ = [
     "evaluate",
     "extract_features",
     "fit_linear_probe",
+    "hits_from_scores",
     "hungarian_accuracy",
     "kmeans_clustering",
     "knn_accuracy",
+    "knn_hits",
     "knn_scores",
     "linear_probe",
     "load_features",

@@ -94,14 +94,41 @@ def knn_scores(
     return scores
 
 
-def accuracy_from_scores(scores: torch.Tensor, labels: torch.Tensor, top: int = 1) -> float:
-    """Fraction of rows whose label is among the ``top`` highest positive scores (ties: lower index)."""
+def hits_from_scores(scores: torch.Tensor, labels: torch.Tensor, top: int = 1) -> torch.Tensor:
+    """(M,) bool: whether each row's label is among its ``top`` highest positive scores (ties:
+    lower index). Per-query hits let two representations be compared on the same queries (a
+    paired difference and its standard error)."""
     top = min(top, scores.shape[1])
     order = torch.sort(scores, dim=1, descending=True, stable=True)
     ranked = order.indices[:, :top]
     voted = order.values[:, :top] > 0
-    hits = ((ranked == labels.to(ranked.device).unsqueeze(1)) & voted).any(dim=1)
-    return float(hits.double().mean())
+    return ((ranked == labels.to(ranked.device).unsqueeze(1)) & voted).any(dim=1)
+
+
+def accuracy_from_scores(scores: torch.Tensor, labels: torch.Tensor, top: int = 1) -> float:
+    """Fraction of rows whose label is among the ``top`` highest positive scores (ties: lower index)."""
+    return float(hits_from_scores(scores, labels, top).double().mean())
+
+
+def _split_scores(
+    train_features: ArrayLike,
+    train_labels: ArrayLike,
+    test_features: ArrayLike,
+    test_labels: ArrayLike,
+    k: int,
+    temperature: float,
+    device: str | torch.device | None,
+    dtype: torch.dtype = torch.float32,
+    max_block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores (M, C), test labels as 0..C−1) of a train/test pair whose labels may be any
+    integers or text."""
+    xtr, ytr, xte, yte, n_classes = check_split_pair(
+        train_features, train_labels, test_features, test_labels
+    )
+    scores = knn_scores(xtr, ytr, xte, k=k, temperature=temperature, n_classes=n_classes, device=device,
+                        dtype=dtype, max_block_elements=max_block_elements)
+    return scores, yte
 
 
 def knn_accuracy(
@@ -122,21 +149,30 @@ def knn_accuracy(
     splits. See :func:`knn_scores`.
     Returns ``{"knn_top1": ..., "knn_top5": ...}``.
     """
-    xtr, ytr, xte, yte, n_classes = check_split_pair(
-        train_features, train_labels, test_features, test_labels
-    )
-    scores = knn_scores(
-        xtr,
-        ytr,
-        xte,
-        k=k,
-        temperature=temperature,
-        n_classes=n_classes,
-        device=device,
-        dtype=dtype,
-        max_block_elements=max_block_elements,
-    )
+    scores, yte = _split_scores(train_features, train_labels, test_features, test_labels, k=k,
+                                temperature=temperature, device=device, dtype=dtype,
+                                max_block_elements=max_block_elements)
     return {
         "knn_top1": accuracy_from_scores(scores, yte, 1),
         "knn_top5": accuracy_from_scores(scores, yte, 5),
     }
+
+
+def knn_hits(
+    train_features: ArrayLike,
+    train_labels: ArrayLike,
+    test_features: ArrayLike,
+    test_labels: ArrayLike,
+    *,
+    k: int = DEFAULT_K,
+    temperature: float = DEFAULT_TEMPERATURE,
+    top: int = 1,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """(M,) bool: which test samples the weighted kNN classifies correctly (top-``top``); the mean
+    is :func:`knn_accuracy`'s ``knn_top1`` (``top=1``). Two representations scored on the same
+    queries give a paired difference, mean(h_a − h_b), whose standard error is
+    std(h_a − h_b)/√M."""
+    scores, yte = _split_scores(train_features, train_labels, test_features, test_labels, k=k,
+                                temperature=temperature, device=device)
+    return hits_from_scores(scores, yte, top)
