@@ -337,6 +337,7 @@ def run_plain_case(case: Case, seed: int = 0) -> dict[str, Any]:
     steps, every = 1000, 50
     monitor.update(0, {"repr": features(backbone, probe), "emb": calib.embed(probe, backbone, projector)})
     window: list[float] = []
+    final_hits = untrained_hits  # the backbone's hits at its last kNN check
     for step in range(1, steps + 1):
         idx = torch.randint(0, n_train, (256,), generator=g)
         z1 = projector(backbone(calib.augment(x[idx], g)))
@@ -358,12 +359,13 @@ def run_plain_case(case: Case, seed: int = 0) -> dict[str, Any]:
             losses.append([step, mean_loss])
             monitor.update(step, {"repr": features(backbone, probe), "emb": calib.embed(probe, backbone, projector)},
                            loss=mean_loss)
-            knn.append([step, top1(features(backbone, x))])
+            final_hits = hits(features(backbone, x))
+            knn.append([step, 100 * float(final_hits.double().mean())])
     collapse_loss = -1.0 if case.method.startswith("simsiam") else 25 * (1 - math.sqrt(1e-4))
     return {
         "losses": losses, "knn": knn, "collapse_loss": collapse_loss,
         "eval": {"knn_top1": knn[-1][1], "baseline_pixels": raw, "baseline_random": untrained,
-                 **floor_se(hits(features(backbone, x)), raw_hits, untrained_hits)},
+                 **floor_se(final_hits, raw_hits, untrained_hits)},
         "eval_emb": {"knn_top1": top1(calib.embed(x, backbone, projector)), "baseline_random": untrained_emb},
         "monitor": _monitor_record(monitor.state_dict()), "warmup_steps": 50,
     }
@@ -500,6 +502,7 @@ def label(record: dict[str, Any]) -> dict[str, Any]:
                 "why": "construction"}
     modes: list[str] = []
     why = []
+    beyond_knn = False  # a loss or code-usage outcome decides the label, whatever the kNN's error
     ev = record["eval"]
     floor = min(ev["baseline_pixels"], ev["baseline_random"])
     if ev["knn_top1"] < floor - KNN_MARGIN:
@@ -511,14 +514,15 @@ def label(record: dict[str, Any]) -> dict[str, Any]:
         if abs(last - target) <= LOSS_AT_COLLAPSE * abs(first - target):
             modes += [m for m in ("complete", "dimensional") if m not in modes]
             why.append(f"loss {last:.4g} at its collapse value {target:.4g}")
+            beyond_knn = True
     used = record.get("heldout_code_used_fraction")
     if used is not None and used < CODE_USAGE_LABEL:
         modes.append("cluster")
         why.append(f"{used:.0%} of the codes used on held-out images")
-    knn_only = not any("loss" in w or "codes" in w for w in why)
+        beyond_knn = True
     why = why or ["kNN above the baselines"]
     se = ev.get("floor_se")  # None in records written before it was measured: taken as determined
-    determined = not knn_only or se is None or abs(ev["knn_top1"] - floor) >= LABEL_Z * se
+    determined = beyond_knn or se is None or abs(ev["knn_top1"] - floor) >= LABEL_Z * se
     if se is not None:
         why.append(f"kNN − floor {ev['knn_top1'] - floor:+.1f} ± {se:.1f}" + ("" if determined else ", undetermined"))
     return {"collapsed": bool(modes), "modes": modes, "determined": determined, "why": "; ".join(why)}
