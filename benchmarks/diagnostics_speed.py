@@ -3,7 +3,7 @@
 Usage: python benchmarks/diagnostics_speed.py [--n 10000] [--dim 2048] [--repeats 3]
 
 Prints the median wall time of each variant over ``--repeats`` runs and the ratios, all measured
-in this run on this machine (issue targets: stable rank >= 5x cheaper than an
+in this run on this machine (targets: stable rank >= 5x cheaper than an
 eigendecomposition; full diagnose < 5 s for N=10,000, D=2,048 float32 on 2 cores).
 """
 

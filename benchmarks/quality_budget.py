@@ -378,10 +378,10 @@ def torchvision_missing() -> str | None:
 
 def check_target(device: str, lib: float, raw: float, plain: float | None,
                  untrained: float | None = None, *, full: bool = True) -> dict[str, Any]:
-    """The issue's target for ``device`` on one row: each check True/False (None = not run).
+    """The quality target for ``device`` on one row: each check True/False (None = not run).
 
     ``raw`` is the ``[0, 1]``-pixel kNN. On a CPU the row must beat the untrained network and raw
-    pixels on any data (the issue asks it of every small real image set); the margins (``TARGETS``)
+    pixels on any data (a trained network must, on every small real image set); the margins (``TARGETS``)
     apply only at the target's settings (``full``)."""
     t = TARGETS["cuda" if device == "cuda" else "cpu"]
     checks: dict[str, bool | None] = {}

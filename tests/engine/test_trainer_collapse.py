@@ -1,5 +1,5 @@
 """The shipped digits recipes train healthy, and turning off an anti-collapse mechanism raises a
-collapse alarm that summary.json records (issue: methods + trainer, tests)."""
+collapse alarm that summary.json records."""
 
 from __future__ import annotations
 

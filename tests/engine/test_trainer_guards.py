@@ -1,5 +1,5 @@
 """Nothing lost, nothing misleading: resume guards, SIGTERM, divergence in the weights, run names,
-backbone arguments, the CLI's option order, eval's kNN settings (issue 18)."""
+backbone arguments, the CLI's option order, eval's kNN settings."""
 
 from __future__ import annotations
 

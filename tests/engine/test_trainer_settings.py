@@ -1,4 +1,4 @@
-"""Trainer settings against independent computations (issue 18): ``optim.grad_clip``,
+"""Trainer settings against independent computations: ``optim.grad_clip``,
 ``optim.lr_scaling``, ``optim.min_lr_ratio``, ``train.amp=bf16`` on the CPU, and MoCo's
 ``method.symmetric``. Each test recomputes what the setting must do (closed form, naive loop) and
 fails if the setting were ignored."""

@@ -254,7 +254,7 @@ def test_a_module_without_a_dataset_is_told_to_name_one():
 
 
 def test_checkpoint_hook_result_supplies_dataset_transform_and_summary(tmp_path, monkeypatch):
-    # The trainer (issue 7) implements load_checkpoint_source; evaluate's side is tested here.
+    # The trainer implements load_checkpoint_source; evaluate's side is tested here.
     from collapselab.evaluation import api
 
     seen = []

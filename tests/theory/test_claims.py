@@ -18,7 +18,7 @@ from collapselab.theory.claims import (
     verify,
 )
 
-ISSUE_CLAIMS = [
+CORE_CLAIMS = [
     "naive-alignment-closed-form",
     "eigenmode-reduction",
     "fixed-points-and-stability",
@@ -31,9 +31,9 @@ ISSUE_CLAIMS = [
     "batchnorm-jacobian-inverse-spread",
     "rademacher-quasi-orthogonality",
 ]
-# claims on the diagnostics themselves (issue 18), registered after the theory issue's eleven
+# claims on the diagnostics themselves registered after the eleven core ones
 DIAGNOSTIC_CLAIMS = ["uniformity-zero-at-collapse"]
-THEORY_CLAIMS = ISSUE_CLAIMS + DIAGNOSTIC_CLAIMS
+THEORY_CLAIMS = CORE_CLAIMS + DIAGNOSTIC_CLAIMS
 
 
 def test_ledger_holds_the_claims_of_the_issues_in_order():

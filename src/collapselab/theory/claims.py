@@ -240,7 +240,7 @@ def format_table(results: list[ClaimResult]) -> str:
 
 
 # =============================================================================================
-# The claims of the theory issue (sources: the papers in docs/theory.md, or collapselab's own
+# The core theory claims (sources: the papers in docs/theory.md, or collapselab's own
 # derivation where a claim's source says so)
 
 
