@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call that measures what only a GPU can measure (speed, and quality at a 2-minute
-# budget), in under 8 minutes of an H100/H200 (prepare .device/ first: benchmarks/device_prepare.sh). Results go to $OUT.
+# budget), in under 8 minutes of an H100/H200 (prepare .device/ first:
+# benchmarks/device_prepare.sh). Results go to $OUT.
 #   STAGE=main    (default) install, decode, the CUDA tests, gpu_speed (BYOL, batch 256 and 512),
 #                 quality_budget BYOL at 120 s on both sides (ResNet-18, 32 px, all images)
 #   STAGE=simclr  quality_budget SimCLR at 120 s on both sides (a second call, ~5 min)
