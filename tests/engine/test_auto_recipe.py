@@ -106,14 +106,15 @@ def test_one_channel_images_get_no_flips_and_the_user_still_wins(tmp_path: Path,
     assert "flip_p" not in colour.config.data.augment  # the recipe's own (the default 0.5)
 
 
-@pytest.mark.parametrize("method", sorted(m for m in METHODS if m not in ("swav", "ijepa")))
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if m != "ijepa"))
 def test_two_view_32px_recipes_train_on_views_of_half_the_side(method: str) -> None:
-    """At 32 px on a CPU the views are 16 px (about 3x the steps in a short budget); the picked
-    16-px recipes keep full-size views. SwAV (multi-crop) and I-JEPA (patches) are left alone."""
+    """At 32 px on a CPU the views are 16 px (about 3x the steps in a short budget), except
+    FALCON's, whose projector ended collapsed with them (docs/performance.md); the picked 16-px
+    recipes keep full-size views. I-JEPA (patches of the full image) is left alone."""
     from collapselab.data.augment import build_augment
 
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    for side, want in ((32, 16), (16, 16)):
+    for side, want in ((32, 32 if method == "falcon" else 16), (16, 16)):
         augment = load_config(method, "npz", recipe=f"small/{method}_{side}px").data.augment
         views = build_augment(dict(augment), backend="torch")(images[..., :side, :side])
         assert [tuple(v.shape[-2:]) for v in views] == [(want, want)] * 2
