@@ -322,13 +322,16 @@ def run_plain_case(case: Case, seed: int = 0) -> dict[str, Any]:
     def hits(fx: torch.Tensor) -> torch.Tensor:
         return knn_hits(fx[:n_train], y[:n_train], fx[n_train:], y[n_train:], k=20, temperature=0.1)
 
+    def percent(h: torch.Tensor) -> float:
+        return 100 * float(h.double().mean())
+
     def top1(fx: torch.Tensor) -> float:
-        return 100 * float(hits(fx).double().mean())
+        return percent(hits(fx))
 
     bn = case.name.endswith("_bn")
     backbone, projector, predictor = calib.networks(1 + seed, bn)
     untrained_hits, raw_hits = hits(features(backbone, x)), hits(x)
-    untrained, raw = 100 * float(untrained_hits.double().mean()), 100 * float(raw_hits.double().mean())
+    untrained, raw = percent(untrained_hits), percent(raw_hits)
     untrained_emb = top1(calib.embed(x, backbone, projector))
     probe = x[:n_train:3]
     params = [*backbone.parameters(), *projector.parameters(), *predictor.parameters()]
@@ -360,7 +363,7 @@ def run_plain_case(case: Case, seed: int = 0) -> dict[str, Any]:
             monitor.update(step, {"repr": features(backbone, probe), "emb": calib.embed(probe, backbone, projector)},
                            loss=mean_loss)
             final_hits = hits(features(backbone, x))
-            knn.append([step, 100 * float(final_hits.double().mean())])
+            knn.append([step, percent(final_hits)])
     collapse_loss = -1.0 if case.method.startswith("simsiam") else 25 * (1 - math.sqrt(1e-4))
     return {
         "losses": losses, "knn": knn, "collapse_loss": collapse_loss,
